@@ -1,0 +1,37 @@
+"""The command-line shell shared by every stage: named path arguments, logging, and clean failures."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from stages.datasources import DataError
+from stages.params import ConfigError
+
+log = logging.getLogger("stages")
+
+# Errors that mean "the input or the config is wrong": reported as one clear line, exit status 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+
+
+def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> argparse.Namespace:
+    """Parse `--params` plus one required `--<name> PATH` option per name (dashes for underscores)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    parser.add_argument(
+        "--params", default="params.yaml", help="the composed params file (default: %(default)s)"
+    )
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="PATH")
+    return parser.parse_args(argv)
+
+
+def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        main(argv)
+    except USER_ERRORS as exc:
+        log.error("%s", exc)
+        sys.exit(2)

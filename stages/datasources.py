@@ -1,0 +1,264 @@
+"""Image sources for `ingest`: each returns an ImageDataset of uint8 RGB images; bad input raises DataError.
+
+Sources: `digits` (the embedded default: scikit-learn's bundled handwritten digits, no download),
+`cifar10` (Keras' loader, or a local copy of the archive), `folder` (one sub-folder per class) and `npz`
+(arrays `x` and `y`, optional `class_names`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """The input data cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    images: np.ndarray  # uint8, N x H x W x 3
+    labels: np.ndarray  # int64, N, values in [0, len(class_names))
+    class_names: tuple[str, ...]
+
+
+def upscale_low_res(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear-resize a batch of grayscale uint8 images (N x h x w) to N x size x size x 3."""
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        big = Image.fromarray(img, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(big)[..., None]
+    return out
+
+
+def load_digits(image_size: int) -> ImageDataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 rows, 10 classes), upscaled to RGB."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    # The scans have 17 grey levels (0..16); spread them over 0..255.
+    low_res = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return ImageDataset(
+        images=upscale_low_res(low_res, image_size),
+        labels=digits.target.astype(np.int64),
+        class_names=tuple(str(name) for name in digits.target_names),
+    )
+
+
+def load_cifar10(path: str | None) -> ImageDataset:
+    """CIFAR-10 (train + test batches). Without `path`, Keras' loader (its cache, or a download);
+    with `path`, a local `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py` folder."""
+    if path is None:
+        from keras.datasets import cifar10
+
+        (x_train, y_train), (x_test, y_test) = cifar10.load_data()
+        images = np.concatenate([x_train, x_test])
+        labels = np.concatenate([y_train, y_test]).reshape(-1)
+        return ImageDataset(images, labels.astype(np.int64), CIFAR10_CLASSES)
+
+    # Keras' batch reader uses a restricted unpickler (numpy arrays only), so a tampered batch cannot
+    # run code; its public loader cannot read an archive outside the Keras cache, hence this branch.
+    from keras.src.datasets.cifar import load_batch
+
+    source = Path(path)
+    if not source.exists():
+        raise DataError(f"{source}: CIFAR-10 archive or folder not found (fix data.path)")
+    with tempfile.TemporaryDirectory() as tmp:
+        if source.is_file():
+            try:
+                with tarfile.open(source, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise DataError(f"{source}: not a readable CIFAR-10 .tar.gz archive ({exc})") from None
+            folder = Path(tmp) / "cifar-10-batches-py"
+        else:
+            folder = source
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        images, labels = [], []
+        for name in names:
+            batch = folder / name
+            if not batch.is_file():
+                raise DataError(f"{source}: CIFAR-10 batch '{name}' is missing")
+            try:
+                x, y = load_batch(str(batch))
+            except Exception as exc:
+                raise DataError(f"{source}: CIFAR-10 batch '{name}' is unreadable ({exc})") from None
+            images.append(np.asarray(x).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(y).reshape(-1))
+    return ImageDataset(np.concatenate(images), np.concatenate(labels).astype(np.int64), CIFAR10_CLASSES)
+
+
+def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
+    """An image folder with one sub-folder per class (sorted names are the class order)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found (fix data.path)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+    images, labels = [], []
+    first_size: tuple[tuple[int, int], Path] | None = None
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(
+                f"{class_dir}: class '{class_dir.name}' has no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    img.load()
+                    rgb = img.convert("RGB")
+            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                raise DataError(f"{file}: unreadable or corrupt image ({exc})") from None
+            if resize:
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            elif first_size is None:
+                first_size = (rgb.size, file)
+            elif rgb.size != first_size[0]:
+                raise DataError(
+                    f"{file}: image size {rgb.size[0]}x{rgb.size[1]} differs from "
+                    f"{first_size[0][0]}x{first_size[0][1]} ({first_size[1]}); "
+                    "make them equal or set data.resize=true"
+                )
+            images.append(np.asarray(rgb, dtype=np.uint8))
+            labels.append(label)
+    return ImageDataset(
+        np.stack(images), np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs)
+    )
+
+
+def load_npz(path: str) -> ImageDataset:
+    """An `.npz` with `x` (N x H x W x 3 or N x H x W, uint8 0..255) and `y` (N integer labels)."""
+    import zipfile
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: .npz file not found (fix data.path)")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = {"x", "y"} - set(npz.files)
+            if missing:
+                raise DataError(f"{file}: missing array(s) {sorted(missing)}; it has {sorted(npz.files)}")
+            x, y = npz["x"], npz["y"]
+            names = npz["class_names"] if "class_names" in npz.files else None
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{file}: unreadable or truncated .npz ({exc})") from None
+    if x.ndim == 3:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"{file}: x has shape {x.shape}; expected N x H x W x 3 (or N x H x W)")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(f"{file}: y must be a 1-D integer array, got {y.dtype} with shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{file}: x has {len(x)} rows but y has {len(y)}")
+    if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+        raise DataError(f"{file}: x contains NaN pixel values")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise DataError(f"{file}: pixel values span [{x.min()}, {x.max()}]; expected 0..255")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.equal(np.mod(x, 1), 0)):
+        raise DataError(f"{file}: x holds fractional pixel values; store uint8 0..255 (not normalized data)")
+    num_classes = int(y.max()) + 1 if y.size else 0
+    class_names = (
+        tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in range(num_classes))
+    )
+    return ImageDataset(x.astype(np.uint8), y.astype(np.int64), class_names)
+
+
+def load_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageDataset:
+    """Dispatch on `data.source`."""
+    if source == "digits":
+        return load_digits(image_size)
+    if source == "cifar10":
+        return load_cifar10(path)
+    if source == "folder":
+        return load_folder(str(path), image_size, resize)
+    if source == "npz":
+        return load_npz(str(path))
+    raise DataError(f"data.source = {source!r}: unknown source; expected one of digits, cifar10, folder, npz")
+
+
+def validate(dataset: ImageDataset, image_size: int, where: str) -> None:
+    """Check shape, pixel range and labels; `where` names the input in messages."""
+    x, y, names = dataset.images, dataset.labels, dataset.class_names
+    if len(x) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    if x.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8, got {x.dtype}")
+    if x.shape[1:] != (image_size, image_size, 3):
+        raise DataError(
+            f"{where}: images are {'x'.join(map(str, x.shape[1:]))}, expected {image_size}x{image_size}x3 "
+            "(set data.image_size, or data.resize=true for a folder)"
+        )
+    if len(y) != len(x):
+        raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+    bad = (y < 0) | (y >= len(names))
+    if bad.any():
+        raise DataError(
+            f"{where}: label {int(y[bad][0])} at row {int(np.flatnonzero(bad)[0])} is out of range "
+            f"[0, {len(names)}) for classes {list(names)}"
+        )
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(
+            f"{where}: only one class ({names[int(present[0])]!r}); a classifier needs at least two"
+        )
+    absent = sorted(set(range(len(names))) - set(present.tolist()))
+    if absent:
+        raise DataError(f"{where}: class(es) {[names[i] for i in absent]} have no samples")
+
+
+def subsample(labels: np.ndarray, rows: int | None, seed: int) -> np.ndarray:
+    """Indices of a class-balanced random subset of `rows` rows (all rows, shuffled, when rows is None)."""
+    rng = np.random.default_rng(seed)
+    if rows is None or rows >= len(labels):
+        return rng.permutation(len(labels))
+    classes = np.unique(labels)
+    quota = np.full(len(classes), rows // len(classes))
+    quota[: rows % len(classes)] += 1
+    picked = []
+    for cls, n in zip(classes, quota, strict=True):
+        members = np.flatnonzero(labels == cls)
+        picked.append(rng.choice(members, size=min(n, len(members)), replace=False))
+    return rng.permutation(np.concatenate(picked))
+
+
+def stratified_split(
+    labels: np.ndarray, class_names: tuple[str, ...], val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Assign each row to train (0), val (1) or test (2), per class; every class must appear in every split."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(labels), dtype=np.int8)
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(len(members) * test_fraction))
+        n_val = int(round(len(members) * val_fraction))
+        split[members[:n_test]] = 2
+        split[members[n_test : n_test + n_val]] = 1
+    for code, name in enumerate(SPLIT_NAMES):
+        missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[split == code]).tolist()))
+        if missing:
+            raise DataError(
+                f"the {name} split has no samples of class(es) {[class_names[i] for i in missing]}: "
+                "add rows, raise data.rows, or change data.val_fraction / data.test_fraction"
+            )
+    return split

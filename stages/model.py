@@ -1,0 +1,107 @@
+"""The networks: the convolutional base, the dense head, and the base + head model (Keras functional API).
+
+Imported only by stages that train; it imports TensorFlow/Keras at module level for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from stages.artifacts import atomic_path
+
+log = logging.getLogger(__name__)
+
+BASE_NAME = "base"
+HEAD_NAME = "head"
+
+# Keras Applications usable as a base, with the affine map from our [0, 1] pixels to the range each expects.
+APPLICATIONS: dict[str, tuple[float, float]] = {
+    "MobileNetV2": (2.0, -1.0),  # [-1, 1]
+    "MobileNetV3Small": (255.0, 0.0),  # [0, 255]; the model rescales internally
+    "MobileNetV3Large": (255.0, 0.0),
+    "EfficientNetB0": (255.0, 0.0),
+}
+
+
+def build_conv_base(image_size: int, filters: list[int]) -> keras.Model:
+    """Conv-BN-ReLU blocks, max-pooling after each block but the last: 32x32x3 -> 8x8x64 with [32, 64, 64]."""
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    for i, n in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if i < len(filters):
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    return keras.Model(inputs, x, name=BASE_NAME)
+
+
+def build_application_base(application: str, weights_path: str, image_size: int) -> keras.Model:
+    """A Keras Applications network without its top, weights read from a file already on disk."""
+    if application not in APPLICATIONS:
+        raise ValueError(f"base.application = {application!r}: expected one of {sorted(APPLICATIONS)}")
+    if not Path(weights_path).is_file():
+        raise FileNotFoundError(f"base.path = {weights_path!r}: weights file not found")
+    scale, offset = APPLICATIONS[application]
+    network = getattr(keras.applications, application)(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3)
+    )
+    network.load_weights(weights_path)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = keras.layers.Rescaling(scale, offset, name="to_application_range")(inputs)
+    outputs = network(x, training=False)
+    return keras.Model(inputs, outputs, name=BASE_NAME)
+
+
+def load_keras_model(path: str | Path, compile: bool = True) -> keras.Model:
+    """Load a `.keras` file with safe mode on: no arbitrary code (lambdas) from a model file.
+
+    Stages that recompile anyway load with compile=False, which also skips stale optimizer state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """Save atomically: write a temporary `.keras` beside the target, then rename."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def build_head(feature_shape: tuple[int, ...], num_classes: int, units: int, dropout: float) -> keras.Model:
+    """Global average pooling, one hidden dense layer, dropout, softmax over the classes."""
+    inputs = keras.Input(feature_shape, name="features")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(inputs)
+    x = keras.layers.Dense(units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(dropout, seed=0, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=HEAD_NAME)
+
+
+def assemble(base: keras.Model, head: keras.Model) -> keras.Model:
+    """Base + head, the base called with training=False as in the Keras transfer-learning guide.
+
+    Keras 3 lets fit's training=True override that flag, so `freezing` also keeps BatchNorm frozen.
+    """
+    inputs = keras.Input(base.input_shape[1:], name="pixels")
+    features = base(inputs, training=False)
+    return keras.Model(inputs, head(features), name="classifier")
+
+
+def compile_classifier(model: keras.Model, lr: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def extract_features(base: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run the frozen base in inference mode over all images."""
+    return np.asarray(base.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)

@@ -1,0 +1,215 @@
+"""Typed, validated views of params.yaml, one dataclass per section.
+
+params.yaml is composed from conf/ by Hydra (DVC runs the composition on `dvc exp run`); stages read it,
+take only their own sections, and pass plain values on. Unknown keys, wrong types and out-of-range values
+are rejected here, before any heavy work, with the key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DATA_SOURCES = ("digits", "cifar10", "folder", "npz")
+BASE_KINDS = ("glyphs", "random", "file", "keras_app")
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+
+def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {accepted}")
+
+
+def _positive(key: str, value: float) -> None:
+    _require(value > 0, key, value, "a number > 0")
+
+
+def _fraction(key: str, value: float) -> None:
+    _require(0 < value < 1, key, value, "a fraction strictly between 0 and 1")
+
+
+@dataclass
+class DataParams:
+    source: str = "digits"
+    path: str | None = None
+    rows: int | None = 1000
+    image_size: int = 32
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    resize: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {list(DATA_SOURCES)}")
+        if self.source in ("folder", "npz"):
+            _require(bool(self.path), "data.path", self.path, f"a path (data={self.source} reads it)")
+        if self.rows is not None:
+            _require(self.rows >= 10, "data.rows", self.rows, "an integer >= 10, or null for all rows")
+        _require(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _fraction("data.val_fraction", self.val_fraction)
+        _fraction("data.test_fraction", self.test_fraction)
+        _require(
+            self.val_fraction + self.test_fraction < 1,
+            "data.val_fraction + data.test_fraction",
+            self.val_fraction + self.test_fraction,
+            "a sum < 1 (the rest is the training split)",
+        )
+
+
+@dataclass
+class PretrainParams:
+    """How the default base is pretrained on the source task (rendered letters)."""
+
+    classes: int = 26
+    per_class: int = 100
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.classes <= 26, "base.pretrain.classes", self.classes, "an integer from 2 to 26")
+        _require(self.per_class >= 2, "base.pretrain.per_class", self.per_class, "an integer >= 2")
+        _require(self.epochs >= 1, "base.pretrain.epochs", self.epochs, "an integer >= 1")
+        _positive("base.pretrain.lr", self.lr)
+        _require(self.batch_size >= 1, "base.pretrain.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class BaseParams:
+    kind: str = "glyphs"
+    path: str | None = None
+    application: str | None = None
+    filters: list[int] = field(default_factory=lambda: [32, 64, 64])
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+
+    def __post_init__(self) -> None:
+        _require(self.kind in BASE_KINDS, "base.kind", self.kind, f"one of {list(BASE_KINDS)}")
+        if self.kind == "file":
+            _require(bool(self.path), "base.path", self.path, "the path of a saved Keras model (.keras)")
+        if self.kind == "keras_app":
+            _require(
+                bool(self.application), "base.application", self.application, "a Keras Applications name"
+            )
+            _require(bool(self.path), "base.path", self.path, "the path of the application's weights file")
+        _require(
+            len(self.filters) >= 1 and all(f >= 1 for f in self.filters),
+            "base.filters",
+            self.filters,
+            "a non-empty list of positive filter counts",
+        )
+
+
+@dataclass
+class TrainHeadParams:
+    units: int = 128
+    dropout: float = 0.3
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.units >= 1, "train_head.units", self.units, "an integer >= 1")
+        _require(0 <= self.dropout < 1, "train_head.dropout", self.dropout, "a number in [0, 1)")
+        _require(self.epochs >= 1, "train_head.epochs", self.epochs, "an integer >= 1")
+        _positive("train_head.lr", self.lr)
+        _require(self.batch_size >= 1, "train_head.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class UnfreezeParams:
+    layers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.layers >= 0, "unfreeze.layers", self.layers, "an integer >= 0 (0 trains the head only)")
+
+
+@dataclass
+class FinetuneParams:
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")
+        _positive("finetune.lr", self.lr)
+        _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class TrackingParams:
+    experiment: str = "thaw"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "base": BaseParams,
+    "train_head": TrainHeadParams,
+    "unfreeze": UnfreezeParams,
+    "finetune": FinetuneParams,
+    "tracking": TrackingParams,
+}
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read the whole params file as plain data (used by stages that log every param)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the project root, or pass --params)")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_section(name: str, raw: Any, schema: type[T]) -> T:
+    """Check one section against its dataclass schema: unknown keys, types and value ranges."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} must be a mapping, got {raw!r}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = f"{name}.{exc.full_key}" if getattr(exc, "full_key", None) else name
+        allowed = ", ".join(f"{name}.{f}" for f in schema.__dataclass_fields__)  # type: ignore[attr-defined]
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {reason} (keys of {name}: {allowed})") from None
+
+
+def load_section(path: str | Path, name: str) -> Any:
+    """Read `path` and return section `name` validated against its schema in SECTIONS."""
+    try:
+        return parse_section(name, read_params(path).get(name), SECTIONS[name])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_seed(path: str | Path) -> int:
+    seed = read_params(path).get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{path}: seed = {seed!r} is not allowed: expected an integer >= 0")
+    return seed
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (`finetune.lr`), the form MLflow and DVC show."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -1,0 +1,84 @@
+"""pretrain-base: produce the convolutional base that `extract-frozen` freezes.
+
+`base=glyphs` (default) pretrains it here on a different task, rendered letters (no download);
+`base=random` keeps it randomly initialised (the ablation's control); `base=file` loads a saved `.keras`
+model; `base=keras_app` builds a Keras Applications network from a weights file already on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from stages import artifacts, cli, model, training
+from stages.glyphs import render_glyphs
+from stages.params import BaseParams, ConfigError, PretrainParams, load_section, load_seed
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_on_glyphs(
+    base: keras.Model, pretrain: PretrainParams, image_size: int, seed: int
+) -> list[dict[str, Any]]:
+    """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history."""
+    glyphs = render_glyphs(pretrain.classes, pretrain.per_class, image_size, seed)
+    pixels = glyphs.images.astype(np.float32) / np.float32(255.0)
+    n_val = max(pretrain.classes, len(pixels) // 10)
+    source_model = keras.Sequential(
+        [
+            base,
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(pretrain.classes, activation="softmax", name="letters"),
+        ],
+        name="pretraining",
+    )
+    model.compile_classifier(source_model, pretrain.lr)
+    return training.fit(
+        source_model,
+        (pixels[n_val:], glyphs.labels[n_val:]),
+        (pixels[:n_val], glyphs.labels[:n_val]),
+        pretrain.epochs,
+        pretrain.batch_size,
+        seed,
+        phase="pretrain",
+    )
+
+
+def prepare_base(params: BaseParams, image_size: int, seed: int) -> tuple[keras.Model, list[dict[str, Any]]]:
+    """Build, load or pretrain the base as `params.kind` says; return it with its pretraining history."""
+    training.make_deterministic(seed)
+    if params.kind == "file":
+        loaded = model.load_keras_model(str(params.path))
+        if tuple(loaded.input_shape[1:]) != (image_size, image_size, 3):
+            raise ConfigError(
+                f"base.path = {params.path!r}: the model takes inputs of shape {loaded.input_shape[1:]}, "
+                f"but data.image_size = {image_size} gives ({image_size}, {image_size}, 3)"
+            )
+        return keras.Model(loaded.inputs, loaded.outputs, name=model.BASE_NAME), []
+    if params.kind == "keras_app":
+        return model.build_application_base(str(params.application), str(params.path), image_size), []
+    base = model.build_conv_base(image_size, params.filters)
+    if params.kind == "random":
+        return base, []
+    return base, pretrain_on_glyphs(base, params.pretrain, image_size, seed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = cli.parse(argv, __doc__, "out", "metrics")
+    params = load_section(args.params, "base")
+    image_size = load_section(args.params, "data").image_size
+    base, history = prepare_base(params, image_size, load_seed(args.params))
+    metrics: dict[str, Any] = {"kind": params.kind, "params": int(base.count_params())}
+    if history:
+        metrics.update({f"source_{k}": v for k, v in history[-1].items() if k not in ("epoch", "phase")})
+    log.info("base %s: output %s, %d parameters", params.kind, base.output_shape, base.count_params())
+    model.save_model(base, args.out)
+    artifacts.write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,144 @@
+"""MLflow tracking: one run per pipeline variant, assembled from the records every stage left behind.
+
+Where runs go: `MLFLOW_TRACKING_URI` when set (a tracking server), else the embedded SQLite store
+`mlflow.db` at the project root. The root comes from DVC_ROOT, which DVC points at the main workspace even
+for queued experiments running in temporary copies, so every run lands in the same store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+VARIANT_TAG = "thaw.variant"
+PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
+HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def project_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """The main workspace: DVC_ROOT when DVC runs the stage, else the current directory."""
+    return Path(environ.get("DVC_ROOT") or ".").resolve()
+
+
+def tracking_uri(root: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """MLFLOW_TRACKING_URI, or the SQLite store at `root`, anchored by an absolute path."""
+    return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def lock_hashes(lock_path: str | Path, skip_stages: Iterable[str] = ("track",)) -> dict[str, str]:
+    """`stage:path -> md5` for the deps and outs recorded in dvc.lock (the lineage of this run)."""
+    path = Path(lock_path)
+    if not path.is_file():
+        return {}
+    lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    hashes = {}
+    for stage, entry in (lock.get("stages") or {}).items():
+        if stage in set(skip_stages):
+            continue
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind) or []:
+                digest = item.get("md5") or item.get("hash")
+                if digest:
+                    hashes[f"{stage}:{item['path']}"] = str(digest)
+    return hashes
+
+
+def variant_key(flat_params: Mapping[str, Any], code_hashes: Mapping[str, str]) -> str:
+    """A stable id of the pipeline variant: every param plus the hash of every stage's code."""
+    payload = json.dumps({"params": flat_params, "code": code_hashes}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def epoch_metrics(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
+    """(key, value, step) for every epoch on one global axis, with a `phase` marker (0 head, 1 finetune)."""
+    points = []
+    for row in history:
+        step = int(row["epoch"])
+        points += [(key, float(row[key]), step) for key in HISTORY_METRICS]
+        points.append(("phase", float(PHASE_CODES[str(row["phase"])]), step))
+    return points
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one pipeline variant logs to MLflow."""
+
+    experiment: str
+    run_name: str
+    params: dict[str, Any]
+    history: list[dict[str, Any]]
+    final_metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: dict[str, list[Path]]  # artifact folder in the run -> local files
+
+
+def log_run(uri: str, record: RunRecord, variant: str, artifact_root: Path | None) -> dict[str, str]:
+    """Create the variant's run (or find it, when this exact variant was tracked before) and log the record.
+
+    Uses MlflowClient with an explicit run id: no global MLflow state. `artifact_root` is used only when
+    the experiment is created in a local store, so artifacts of temporary DVC workspaces are not lost.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(record.experiment)
+    if experiment is None:
+        location = (artifact_root / record.experiment).as_uri() if artifact_root else None
+        experiment_id = client.create_experiment(record.experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+
+    existing = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{VARIANT_TAG}` = '{variant}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )  # fmt: skip
+    if existing:
+        run_id = existing[0].info.run_id
+        log.info("variant %s already tracked as run %s; updating its tags", variant, run_id)
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record.tags.items()])
+        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+
+    run = client.create_run(
+        experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **record.tags}
+    )
+    run_id = run.info.run_id
+    try:
+        params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
+        timestamp = run.info.start_time
+        metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
+        last_step = max((int(r["epoch"]) for r in record.history), default=0)
+        metrics += [
+            Metric(k, float(v), timestamp, last_step) for k, v in sorted(record.final_metrics.items())
+        ]
+        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-batch limits
+            client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+        for folder, files in record.artifacts.items():
+            for file in files:
+                client.log_artifact(run_id, str(file), artifact_path=folder or None)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
