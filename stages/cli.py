@@ -19,9 +19,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotF
 def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> argparse.Namespace:
     """Parse `--params` plus one required `--<name> PATH` option per name (dashes for underscores)."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
-    parser.add_argument(
-        "--params", default="params.yaml", help="the composed params file (default: %(default)s)"
-    )
+    parser.add_argument("--params", default="params.yaml", help="the composed params file (default: %(default)s)")
     for name in names:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="PATH")
     return parser.parse_args(argv)

@@ -118,9 +118,7 @@ def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DataError(
-                f"{class_dir}: class '{class_dir.name}' has no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
+            raise DataError(f"{class_dir}: class '{class_dir.name}' has no images ({', '.join(IMAGE_SUFFIXES)})")
         for file in files:
             try:
                 with Image.open(file) as img:
@@ -140,9 +138,7 @@ def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
                 )
             images.append(np.asarray(rgb, dtype=np.uint8))
             labels.append(label)
-    return ImageDataset(
-        np.stack(images), np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs)
-    )
+    return ImageDataset(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs))
 
 
 def load_npz(path: str) -> ImageDataset:
@@ -178,9 +174,7 @@ def load_npz(path: str) -> ImageDataset:
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.equal(np.mod(x, 1), 0)):
         raise DataError(f"{file}: x holds fractional pixel values; store uint8 0..255 (not normalized data)")
     num_classes = int(y.max()) + 1 if y.size else 0
-    class_names = (
-        tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in range(num_classes))
-    )
+    class_names = tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in range(num_classes))
     return ImageDataset(x.astype(np.uint8), y.astype(np.int64), class_names)
 
 
@@ -219,9 +213,7 @@ def validate(dataset: ImageDataset, image_size: int, where: str) -> None:
         )
     present = np.unique(y)
     if len(present) < 2:
-        raise DataError(
-            f"{where}: only one class ({names[int(present[0])]!r}); a classifier needs at least two"
-        )
+        raise DataError(f"{where}: only one class ({names[int(present[0])]!r}); a classifier needs at least two")
     absent = sorted(set(range(len(names))) - set(present.tolist()))
     if absent:
         raise DataError(f"{where}: class(es) {[names[i] for i in absent]} have no samples")
@@ -250,8 +242,8 @@ def stratified_split(
     split = np.zeros(len(labels), dtype=np.int8)
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = int(round(len(members) * test_fraction))
-        n_val = int(round(len(members) * val_fraction))
+        n_test = round(len(members) * test_fraction)
+        n_val = round(len(members) * val_fraction)
         split[members[:n_test]] = 2
         split[members[n_test : n_test + n_val]] = 1
     for code, name in enumerate(SPLIT_NAMES):

@@ -27,9 +27,7 @@ def thawable_layers(base: keras.Model) -> list[keras.Layer]:
     `training=False` of `base(inputs, training=False)` is overridden by fit's training=True
     (keras-team/keras#20285), so unfreezing it would let fine-tuning batches rewrite its statistics.
     """
-    return [
-        layer for layer in weighted_layers(base) if not isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    return [layer for layer in weighted_layers(base) if not isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def freeze(model: keras.Model) -> None:

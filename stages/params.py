@@ -94,9 +94,7 @@ class BaseParams:
         if self.kind == "file":
             _require(bool(self.path), "base.path", self.path, "the path of a saved Keras model (.keras)")
         if self.kind == "keras_app":
-            _require(
-                bool(self.application), "base.application", self.application, "a Keras Applications name"
-            )
+            _require(bool(self.application), "base.application", self.application, "a Keras Applications name")
             _require(bool(self.path), "base.path", self.path, "the path of the application's weights file")
         _require(
             len(self.filters) >= 1 and all(f >= 1 for f in self.filters),

@@ -21,9 +21,7 @@ from stages.params import BaseParams, ConfigError, PretrainParams, load_section,
 log = logging.getLogger(__name__)
 
 
-def pretrain_on_glyphs(
-    base: keras.Model, pretrain: PretrainParams, image_size: int, seed: int
-) -> list[dict[str, Any]]:
+def pretrain_on_glyphs(base: keras.Model, pretrain: PretrainParams, image_size: int, seed: int) -> list[dict[str, Any]]:
     """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history."""
     glyphs = render_glyphs(pretrain.classes, pretrain.per_class, image_size, seed)
     pixels = glyphs.images.astype(np.float32) / np.float32(255.0)

@@ -16,9 +16,7 @@ def read_flow(folder: str | Path) -> list[dict[str, object]]:
     for stage in reporting.STAGE_ORDER:
         path = Path(folder) / f"{stage}.json"
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: missing data-flow record of stage '{stage}' (run `dvc repro {stage}`)"
-            )
+            raise FileNotFoundError(f"{path}: missing data-flow record of stage '{stage}' (run `dvc repro {stage}`)")
         rows.append(artifacts.read_json(path))
     return rows
 

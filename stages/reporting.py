@@ -83,15 +83,15 @@ def training_section(history: Sequence[dict[str, Any]], notes: Sequence[str]) ->
          f"{float(row['val_loss']):.2f}", f"{float(row['val_accuracy']):.2f}", note)
         for row, note in zip(history, notes, strict=True)
     ]  # fmt: skip
-    table = markdown_table(
-        ("Epoch", "Phase", "Loss ↓", "Accuracy ↑", "Val loss", "Val accuracy", "Observation"), rows
-    )
+    table = markdown_table(("Epoch", "Phase", "Loss ↓", "Accuracy ↑", "Val loss", "Val accuracy", "Observation"), rows)
     spans = []
     for phase in dict.fromkeys(row["phase"] for row in history):
         epochs = [int(r["epoch"]) for r in history if r["phase"] == phase]
         spans.append(f"{PHASE_TITLES.get(phase, phase)} (epochs {min(epochs)}-{max(epochs)})")
     phases = " then ".join(spans)
-    return f"## Training trace - epoch by epoch\n\n{phases[:1].upper()}{phases[1:]}.\n\n```text\n{bars}\n```\n\n{table}\n"
+    return (
+        f"## Training trace - epoch by epoch\n\n{phases[:1].upper()}{phases[1:]}.\n\n```text\n{bars}\n```\n\n{table}\n"
+    )
 
 
 def layer_section(layers: Sequence[dict[str, Any]]) -> str:
@@ -110,8 +110,7 @@ def layer_section(layers: Sequence[dict[str, Any]]) -> str:
         f"Layer 5: Final dense layer ({head[-1]['layer'] if head else 'none'}, softmax over the classes)",
     ]
     rows = [
-        (r["part"], r["layer"], r["type"], "trainable" if is_trainable(r) else "frozen", r["params"])
-        for r in layers
+        (r["part"], r["layer"], r["type"], "trainable" if is_trainable(r) else "frozen", r["params"]) for r in layers
     ]
     table = markdown_table(("Part", "Layer", "Type", "State", "Parameters"), rows)
     trainable = sum(int(r["trainable_params"]) for r in layers)
@@ -200,9 +199,7 @@ def plot_confusion(pairs: Sequence[dict[str, str]], class_names: Sequence[str], 
     ax.set_title(f"Test confusion matrix (accuracy {np.trace(counts) / max(1, counts.sum()):.3f})")
     for (i, j), n in np.ndenumerate(counts):
         if n:
-            ax.text(
-                j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black"
-            )
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     with atomic_path(path) as tmp:

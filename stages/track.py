@@ -73,9 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)
     local_store = "MLFLOW_TRACKING_URI" not in os.environ
-    result = tracking.log_run(
-        uri, record, variant, artifact_root=root / "mlartifacts" if local_store else None
-    )
+    result = tracking.log_run(uri, record, variant, artifact_root=root / "mlartifacts" if local_store else None)
     log.info("tracked run %s in %s (experiment %r)", result["run_id"], uri, experiment)
     artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
 

@@ -62,9 +62,7 @@ def variant_key(flat_params: Mapping[str, Any], code_hashes: Mapping[str, str]) 
 
 def git_commit(cwd: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
@@ -120,18 +118,14 @@ def log_run(uri: str, record: RunRecord, variant: str, artifact_root: Path | Non
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record.tags.items()])
         return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
 
-    run = client.create_run(
-        experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **record.tags}
-    )
+    run = client.create_run(experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **record.tags})
     run_id = run.info.run_id
     try:
         params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
         timestamp = run.info.start_time
         metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
         last_step = max((int(r["epoch"]) for r in record.history), default=0)
-        metrics += [
-            Metric(k, float(v), timestamp, last_step) for k, v in sorted(record.final_metrics.items())
-        ]
+        metrics += [Metric(k, float(v), timestamp, last_step) for k, v in sorted(record.final_metrics.items())]
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-batch limits
             client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
         for folder, files in record.artifacts.items():

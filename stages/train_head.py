@@ -67,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_section(args.params, "train_head")
     data = artifacts.read_npz(args.features)
     features, labels, split = data["features"], data["labels"], data["split"]
-    head, history = train_head(
-        features, labels, split, len(data["class_names"]), params, load_seed(args.params)
-    )
+    head, history = train_head(features, labels, split, len(data["class_names"]), params, load_seed(args.params))
     test, _ = training.evaluate(head, features[split == 2], labels[split == 2])
     base = model.load_keras_model(args.base)
     freeze(base)

@@ -20,9 +20,7 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None
-) -> tf.data.Dataset:
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline; shuffled (reproducibly) when a seed is given."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:

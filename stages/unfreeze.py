@@ -40,9 +40,7 @@ def flow_row(classifier: keras.Model, thawed: list[str], rows: int) -> dict[str,
         "input": f"{rows} rows x {shape}",
         "operation": f"Unfreeze the top {len(thawed)} convolutional layers for fine-tuning",
         "output": f"{rows} rows x {shape}",
-        "example": ("layers now trainable: " + ", ".join(thawed))
-        if thawed
-        else "base stays frozen (head only)",
+        "example": ("layers now trainable: " + ", ".join(thawed)) if thawed else "base stays frozen (head only)",
     }
 
 
