@@ -1,0 +1,38 @@
+# Everything runs from the project's own virtual environment; `make repro` and `make test` create it.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+MLFLOW_PORT ?= 5000
+
+.PHONY: setup repro test test-fast lint ui ablation params
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install the project with its test tools
+
+repro: setup  ## run the pipeline (only what changed)
+	dvc repro
+
+test: setup  ## the whole suite, slow end-to-end tests included (what CI runs)
+	python -m pytest
+
+test-fast: setup  ## unit tests only
+	python -m pytest -m "not slow"
+
+lint: setup
+	ruff check . && ruff format --check .
+
+params: setup  ## recompose params.yaml from conf/ (after editing conf/)
+	python -m stages.compose
+
+ui: setup  ## the MLflow UI on the embedded store, loopback only
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+ablation: setup  ## pretrained vs random base, measured
+	python benchmarks/ablation.py

@@ -1,0 +1,167 @@
+"""End to end: the real pipeline in a temporary git + DVC repo, with tiny params, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SIX_STAGES = ("ingest", "normalize", "extract-frozen", "train-head", "unfreeze", "finetune")
+
+# Small enough for CI, big enough that every class lands in every split.
+TINY_CONF = {
+    "conf/data/digits.yaml": {"rows": 60},
+    "conf/base/glyphs.yaml": {"pretrain": {"classes": 4, "per_class": 8, "epochs": 1, "batch_size": 16}},
+    "conf/config.yaml": {"train_head": {"epochs": 2, "batch_size": 16}, "finetune": {"epochs": 1, "batch_size": 16}},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value)
+        else:
+            into[key] = value
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}"
+    return output
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A fresh clone-like copy of the project (tracked files only) with tiny params, committed to git."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        if (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    for rel, update in TINY_CONF.items():
+        data = yaml.safe_load((root / rel).read_text())
+        _merge(data, update)
+        (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    run([sys.executable, "-m", "stages.compose"], root, env)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"],
+        ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "tiny"],
+    ):
+        run(cmd, root, env)
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def first_repro(workspace: tuple[Path, dict[str, str]]) -> str:
+    root, env = workspace
+    return run(["dvc", "repro"], root, env)
+
+
+def test_repro_runs_every_stage_and_writes_every_output(workspace, first_repro):
+    root, _ = workspace
+    assert set(SIX_STAGES) <= set(stages_run(first_repro))
+    for rel in (
+        "data/raw/dataset.npz", "data/normalized/dataset.npz", "data/features/features.npz",
+        "models/base.keras", "models/head.keras", "models/model.keras", "models/unfrozen.keras",
+        "models/finetuned.keras", "plots/train_head.csv", "plots/finetune.csv", "plots/confusion.csv",
+        "metrics/train_head.json", "metrics/finetune.json", "metrics/unfreeze.json", "reports/layers.csv",
+        "reports/trace.md", "reports/curves.png", "reports/confusion.png", "reports/mlflow_run.json",
+    ):  # fmt: skip
+        assert (root / rel).is_file(), rel
+    trace = (root / "reports/trace.md").read_text()
+    for stage in SIX_STAGES:
+        assert f"(`{stage}`)" in trace
+    assert "1000 rows" not in trace and "60 rows x 8 x 8 x 64" in trace
+    finetune_epochs = [row.split(",")[0] for row in (root / "plots/finetune.csv").read_text().splitlines()[1:]]
+    assert finetune_epochs == ["3"]  # continues train-head's two epochs
+
+
+def test_mlflow_run_holds_params_curves_tags_and_artifacts(workspace, first_repro):
+    from mlflow.tracking import MlflowClient
+
+    root, _ = workspace
+    record = json.loads((root / "reports/mlflow_run.json").read_text())
+    assert record["tracking_uri"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["finetune.lr"] == "0.0001"
+    assert run.data.params["unfreeze.layers"] == "2"
+    assert run.data.params["data.rows"] == "60"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3]
+    phases = [m.value for m in client.get_metric_history(run.info.run_id, "phase")]
+    assert phases == [0.0, 0.0, 1.0]
+    for key in ("test_accuracy", "head_test_accuracy", "trainable_params"):
+        assert key in run.data.metrics
+    assert any(tag.startswith("dvc.lock.train-head:") for tag in run.data.tags)
+    assert run.data.tags["git.commit"]
+    listed = {a.path for folder in ("model", "report") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"model/finetuned.keras", "report/trace.md", "report/curves.png", "report/confusion.png"} <= listed
+    experiment = client.get_experiment(record["experiment_id"])
+    assert experiment.name == "thaw"
+    assert experiment.artifact_location.startswith((root / "mlartifacts").resolve().as_uri())
+
+
+def test_second_repro_does_nothing(workspace, first_repro):
+    root, env = workspace
+    output = run(["dvc", "repro"], root, env)
+    assert stages_run(output) == []
+    assert "up to date" in output.lower()
+
+
+def test_exp_run_with_hydra_override_reruns_only_unfreeze_and_after(workspace, first_repro):
+    root, env = workspace
+    output = run(["dvc", "exp", "run", "-S", "unfreeze.layers=1"], root, env)
+    ran = [s for s in stages_run(output) if s in SIX_STAGES]
+    assert ran == ["unfreeze", "finetune"], output[-3000:]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["unfreeze"]["layers"] == 1
+    assert params["data"]["rows"] == 60  # composed from conf/, not reset to the defaults
+
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((root / "reports/mlflow_run.json").read_text())
+    run_ = MlflowClient(tracking_uri=record["tracking_uri"]).get_run(record["run_id"])
+    assert run_.data.params["unfreeze.layers"] == "1"
+    assert run_.data.tags.get("dvc.experiment")
+
+
+def test_finetune_lr_change_reruns_only_finetune(workspace, first_repro):
+    root, env = workspace
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["finetune"]["lr"] = 0.0003
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run(["dvc", "repro"], root, env)
+    assert [s for s in stages_run(output) if s in SIX_STAGES] == ["finetune"]
+    assert {"report", "track"} <= set(stages_run(output))
+
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((root / "reports/mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    runs = client.search_runs([record["experiment_id"]])
+    assert len(runs) == 3  # baseline, the exp run, and this variant
+    assert client.get_run(record["run_id"]).data.params["finetune.lr"] == "0.0003"
+    assert "test_accuracy" in run(["dvc", "metrics", "show"], root, env)
