@@ -47,10 +47,10 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Write an uncompressed `.npz` that np.load reads, with fixed zip timestamps.
+    """Write an uncompressed `.npz` that np.load reads, byte-identical for equal arrays.
 
-    np.savez stamps each member with the current time, so identical arrays would hash differently and DVC
-    would rerun every downstream stage; fixed timestamps make equal content give equal bytes.
+    Equal bytes give equal DVC hashes, so a rerun that reproduces its output does not rerun what follows;
+    the zip members' timestamps are pinned here rather than left to numpy's defaults.
     """
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, array in arrays.items():

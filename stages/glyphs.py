@@ -34,6 +34,7 @@ def render_glyphs(classes: int, per_class: int, image_size: int, seed: int) -> I
         canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR)
         sensor = canvas.resize((SENSOR, SENSOR), Image.Resampling.BOX)
         # 17 grey levels, like the digits' scanner.
-        low_res[i] = np.round(np.asarray(sensor, dtype=np.float64) * 16 / 255) * (255 // 16)
+        levels = np.round(np.asarray(sensor, dtype=np.float64) * 16 / 255)
+        low_res[i] = np.round(levels * 255 / 16)
     order = rng.permutation(len(labels))
     return ImageDataset(upscale_low_res(low_res[order], image_size), labels[order], tuple(letters))

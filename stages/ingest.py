@@ -51,6 +51,7 @@ def flow_row(raw: dict[str, np.ndarray]) -> dict[str, object]:
         "operation": "Load images with labels",
         "output": f"{n} rows x {h} x {w} x {c}",
         "example": f"row 0: a {h}x{w} image with label '{raw['class_names'][label]}'",
+        "class_names": [str(name) for name in raw["class_names"]],
     }
 
 

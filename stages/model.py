@@ -27,15 +27,16 @@ APPLICATIONS: dict[str, tuple[float, float]] = {
 }
 
 
-def build_conv_base(image_size: int, filters: list[int]) -> keras.Model:
-    """Conv-BN-ReLU blocks, max-pooling after each block but the last: 32x32x3 -> 8x8x64 with [32, 64, 64]."""
+def build_conv_base(image_size: int, filters: list[int], pooled_blocks: int = 2) -> keras.Model:
+    """Conv-BN-ReLU blocks, the first `pooled_blocks` followed by 2x2 max-pooling:
+    32x32x3 -> 8x8x64 with the default [32, 64, 64, 64]."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = inputs
     for i, n in enumerate(filters, start=1):
         x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-        if i < len(filters):
+        if i <= pooled_blocks:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
     return keras.Model(inputs, x, name=BASE_NAME)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stages import artifacts, cli
+from stages.datasources import DataError
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 def normalize(images: np.ndarray) -> np.ndarray:
     """uint8 0..255 -> float32 0..1."""
     if images.dtype != np.uint8:
-        raise ValueError(f"normalize expects uint8 images, got {images.dtype}")
+        raise DataError(f"normalize expects uint8 images (ingest's output), got {images.dtype}")
     return images.astype(np.float32) / np.float32(255.0)
 
 

@@ -7,6 +7,7 @@ are rejected here, before any heavy work, with the key, the value and what is ac
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,7 +87,7 @@ class BaseParams:
     kind: str = "glyphs"
     path: str | None = None
     application: str | None = None
-    filters: list[int] = field(default_factory=lambda: [32, 64, 64])
+    filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
     pretrain: PretrainParams = field(default_factory=PretrainParams)
 
     def __post_init__(self) -> None:
@@ -130,8 +131,8 @@ class UnfreezeParams:
 
 @dataclass
 class FinetuneParams:
-    epochs: int = 5
-    lr: float = 1e-4
+    epochs: int = 8
+    lr: float = 3e-4
     batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -143,9 +144,17 @@ class FinetuneParams:
 @dataclass
 class TrackingParams:
     experiment: str = "thaw"
+    sweep: str | None = None  # set by sweeps: groups this run under the sweep's parent run in MLflow
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        if self.sweep is not None:
+            _require(
+                bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.sweep)),
+                "tracking.sweep",
+                self.sweep,
+                "null, or a name of letters, digits, '.', '_' and '-'",
+            )
 
 
 SECTIONS: dict[str, type] = {
@@ -180,6 +189,10 @@ def parse_section(name: str, raw: Any, schema: type[T]) -> T:
         raise ConfigError(f"{name} must be a mapping, got {raw!r}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        if missing := sorted(OmegaConf.missing_keys(OmegaConf.create(raw))):
+            raise ConfigError(
+                f"{name}.{missing[0]}: a value must be supplied (it is ???), e.g. {name}.{missing[0]}=..."
+            )
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         key = f"{name}.{exc.full_key}" if getattr(exc, "full_key", None) else name

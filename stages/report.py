@@ -28,9 +28,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     history = artifacts.read_csv(args.head_history) + artifacts.read_csv(args.finetune_history)
     confusion = artifacts.read_csv(args.confusion)
-    class_names = sorted({p["actual"] for p in confusion} | {p["predicted"] for p in confusion})
+    flow = read_flow(args.flow)
     text = reporting.render_report(
-        flow=read_flow(args.flow),
+        flow=flow,
         history=history,
         layers=artifacts.read_csv(args.layers),
         head_metrics=artifacts.read_json(args.head_metrics),
@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         finetune_lr=load_section(args.params, "finetune").lr,
     )
     reporting.plot_curves(history, args.curves)
-    reporting.plot_confusion(confusion, class_names, args.confusion_png)
+    reporting.plot_confusion(
+        confusion, next(row for row in flow if row["stage"] == "ingest")["class_names"], args.confusion_png
+    )
     artifacts.write_text(args.out, text)
 
 

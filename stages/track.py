@@ -65,7 +65,8 @@ def build_record(
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "out")
-    experiment = load_section(args.params, "tracking").experiment
+    tracking_params = load_section(args.params, "tracking")
+    experiment = tracking_params.experiment
     record, variant = build_record(
         read_params(args.params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
         Path(args.lock), experiment,
@@ -73,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)
     local_store = "MLFLOW_TRACKING_URI" not in os.environ
-    result = tracking.log_run(uri, record, variant, artifact_root=root / "mlartifacts" if local_store else None)
+    result = tracking.log_run(
+        uri, record, variant, artifact_root=root / "mlartifacts" if local_store else None, sweep=tracking_params.sweep
+    )
     log.info("tracked run %s in %s (experiment %r)", result["run_id"], uri, experiment)
     artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
 

@@ -7,21 +7,28 @@ for queued experiments running in temporary copies, so every run lands in the sa
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from stages.params import ConfigError
+
 log = logging.getLogger(__name__)
 
 VARIANT_TAG = "thaw.variant"
+SWEEP_TAG = "thaw.sweep"
+ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -91,22 +98,79 @@ class RunRecord:
     artifacts: dict[str, list[Path]]  # artifact folder in the run -> local files
 
 
-def log_run(uri: str, record: RunRecord, variant: str, artifact_root: Path | None) -> dict[str, str]:
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writers of an embedded SQLite store across processes (parallel sweep points).
+
+    SQLite allows one writer at a time and MLflow's first-use schema migration is not safe to run twice at
+    once; a server store (http://...) needs no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
+    """The id of experiment `name`, created (with its artifacts under `artifact_root`, if given) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}`), purge it (`mlflow gc`), or set tracking.experiment to another name"
+        )
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = (artifact_root / name).as_uri() if artifact_root else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # a parallel job created it first
+        return str(client.get_experiment_by_name(name).experiment_id)
+
+
+def find_sweep_parent(client: Any, experiment_id: str, sweep: str) -> str | None:
+    """The run id of sweep `sweep`'s parent run, if it exists."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'sweep'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_run(
+    uri: str, record: RunRecord, variant: str, artifact_root: Path | None, sweep: str | None = None
+) -> dict[str, str]:
     """Create the variant's run (or find it, when this exact variant was tracked before) and log the record.
 
     Uses MlflowClient with an explicit run id: no global MLflow state. `artifact_root` is used only when
     the experiment is created in a local store, so artifacts of temporary DVC workspaces are not lost.
+    A run of a sweep is tagged with it and nested under the sweep's parent run when that exists.
     """
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(record.experiment)
-    if experiment is None:
-        location = (artifact_root / record.experiment).as_uri() if artifact_root else None
-        experiment_id = client.create_experiment(record.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    with store_lock(uri):
+        return _log_run(MlflowClient(tracking_uri=uri), uri, record, variant, artifact_root, sweep)
+
+
+def _log_run(
+    client: Any, uri: str, record: RunRecord, variant: str, artifact_root: Path | None, sweep: str | None
+) -> dict[str, str]:
+    from mlflow.entities import Metric, Param, RunTag
+
+    experiment_id = ensure_experiment(client, record.experiment, artifact_root)
+    tags = dict(record.tags)
+    if sweep:
+        tags[SWEEP_TAG] = sweep
+        if parent := find_sweep_parent(client, experiment_id, sweep):
+            tags[PARENT_TAG] = parent
 
     existing = client.search_runs(
         [experiment_id], filter_string=f"tags.`{VARIANT_TAG}` = '{variant}' and attributes.status = 'FINISHED'",
@@ -115,17 +179,19 @@ def log_run(uri: str, record: RunRecord, variant: str, artifact_root: Path | Non
     if existing:
         run_id = existing[0].info.run_id
         log.info("variant %s already tracked as run %s; updating its tags", variant, run_id)
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record.tags.items()])
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
 
-    run = client.create_run(experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **record.tags})
+    run = client.create_run(experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **tags})
     run_id = run.info.run_id
     try:
         params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
         timestamp = run.info.start_time
         metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
         last_step = max((int(r["epoch"]) for r in record.history), default=0)
-        metrics += [Metric(k, float(v), timestamp, last_step) for k, v in sorted(record.final_metrics.items())]
+        # Final values whose names are also curves (loss, val_accuracy, ...) are already the curve's last point.
+        final = {k: v for k, v in record.final_metrics.items() if k not in HISTORY_METRICS}
+        metrics += [Metric(k, float(v), timestamp, last_step) for k, v in sorted(final.items())]
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-batch limits
             client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
         for folder, files in record.artifacts.items():

@@ -3,72 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_project import make_tiny_project, run, stages_run
 
-REPO = Path(__file__).resolve().parents[1]
 SIX_STAGES = ("ingest", "normalize", "extract-frozen", "train-head", "unfreeze", "finetune")
-
-# Small enough for CI, big enough that every class lands in every split.
-TINY_CONF = {
-    "conf/data/digits.yaml": {"rows": 60},
-    "conf/base/glyphs.yaml": {"pretrain": {"classes": 4, "per_class": 8, "epochs": 1, "batch_size": 16}},
-    "conf/config.yaml": {"train_head": {"epochs": 2, "batch_size": 16}, "finetune": {"epochs": 1, "batch_size": 16}},
-}
 
 pytestmark = pytest.mark.slow
 
 
-def _merge(into: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict):
-            _merge(into.setdefault(key, {}), value)
-        else:
-            into[key] = value
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}"
-    return output
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A fresh clone-like copy of the project (tracked files only) with tiny params, committed to git."""
     root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in tracked:
-        if (REPO / rel).is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    for rel, update in TINY_CONF.items():
-        data = yaml.safe_load((root / rel).read_text())
-        _merge(data, update)
-        (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    run([sys.executable, "-m", "stages.compose"], root, env)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"],
-        ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "tiny"],
-    ):
-        run(cmd, root, env)
-    return root, env
+    return root, make_tiny_project(root)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +54,7 @@ def test_mlflow_run_holds_params_curves_tags_and_artifacts(workspace, first_repr
     client = MlflowClient(tracking_uri=record["tracking_uri"])
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["finetune.lr"] == "0.0001"
+    assert run.data.params["finetune.lr"] == "0.0003"
     assert run.data.params["unfreeze.layers"] == "2"
     assert run.data.params["data.rows"] == "60"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
@@ -151,7 +100,7 @@ def test_finetune_lr_change_reruns_only_finetune(workspace, first_repro):
     root, env = workspace
     params_file = root / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["finetune"]["lr"] = 0.0003
+    params["finetune"]["lr"] = 0.0005
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     output = run(["dvc", "repro"], root, env)
     assert [s for s in stages_run(output) if s in SIX_STAGES] == ["finetune"]
@@ -163,5 +112,5 @@ def test_finetune_lr_change_reruns_only_finetune(workspace, first_repro):
     client = MlflowClient(tracking_uri=record["tracking_uri"])
     runs = client.search_runs([record["experiment_id"]])
     assert len(runs) == 3  # baseline, the exp run, and this variant
-    assert client.get_run(record["run_id"]).data.params["finetune.lr"] == "0.0003"
+    assert client.get_run(record["run_id"]).data.params["finetune.lr"] == "0.0005"
     assert "test_accuracy" in run(["dvc", "metrics", "show"], root, env)

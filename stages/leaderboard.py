@@ -1,0 +1,42 @@
+"""leaderboard: print the runs of a sweep (or of every pipeline run) ranked by a metric, read from MLflow.
+
+python -m stages.leaderboard                       # every run of the experiment
+python -m stages.leaderboard --sweep depth-lr      # one sweep
+python -m stages.leaderboard --sweep depth-lr --summarize   # also nest its runs and log the summary
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from stages import sweeps, tracking
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--sweep", help="a sweep id (tracking.sweep); default: all runs")
+    parser.add_argument("--experiment", default="thaw")
+    parser.add_argument("--metric", default="val_accuracy", help="rank by this metric (default: %(default)s)")
+    parser.add_argument("--summarize", action="store_true", help="log the sweep's summary to its parent run")
+    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else mlflow.db at the project root")
+    args = parser.parse_args(argv)
+    if args.summarize and not args.sweep:
+        parser.error("--summarize needs --sweep")
+
+    from mlflow.tracking import MlflowClient
+
+    uri = args.tracking_uri or tracking.tracking_uri(tracking.project_root())
+    if args.summarize:
+        rows = sweeps.summarize_sweep(uri, args.experiment, args.sweep, args.metric)
+    else:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(args.experiment)
+        if experiment is None:
+            raise SystemExit(f"no experiment {args.experiment!r} in {uri}: run the pipeline first (dvc repro)")
+        rows = sweeps.leaderboard_rows(sweeps.points(client, experiment.experiment_id, args.sweep, args.metric))
+    print(sweeps.format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

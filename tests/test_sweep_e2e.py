@@ -1,0 +1,184 @@
+"""Sweeps end to end, in a temporary git + DVC repo with tiny params: Hydra's grid and Optuna search and DVC's
+queue, each point a DVC experiment and an MLflow run nested under its sweep; then the real MLflow UI, read
+through its REST API and rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from tiny_project import make_tiny_project, run, stages_run
+
+from stages import tracking
+
+pytestmark = pytest.mark.slow
+UPSTREAM = ("ingest", "normalize", "pretrain-base", "extract-frozen", "train-head")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("sweep-project")
+    return root, make_tiny_project(root)
+
+
+def client_for(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    return client, client.get_experiment_by_name("thaw").experiment_id
+
+
+def children(client: MlflowClient, experiment_id: str, sweep: str) -> tuple[str, list]:
+    parent = tracking.find_sweep_parent(client, experiment_id, sweep)
+    assert parent, f"no parent run for sweep {sweep}"
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return parent, runs
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(project) -> str:
+    root, env = project
+    return run(
+        [sys.executable, "-m", "stages.sweep", "-m", "unfreeze.layers=0,1", "finetune.lr=1e-3,1e-4",
+         "sweep.id=grid", "hydra.launcher.n_jobs=2"],
+        root, env,
+    )  # fmt: skip
+
+
+def test_hydra_grid_runs_upstream_once_and_every_point_through_dvc(project, grid_sweep):
+    root, env = project
+    # The warm-up computed the upstream stages once; no point recomputed them.
+    assert [s for s in stages_run(grid_sweep) if s in UPSTREAM] == list(UPSTREAM)
+    logs = sorted((root / "multirun/grid").glob("*/dvc-exp-run.log"))
+    assert len(logs) == 4
+    for log in logs:
+        ran = stages_run(log.read_text())
+        assert not set(ran) & set(UPSTREAM), (log, ran)
+        assert "finetune" in ran and "track" in ran
+    assert "grid-0" in run(["dvc", "exp", "ls"], root, env)
+
+
+def test_hydra_grid_points_are_nested_mlflow_runs_with_a_summary(project, grid_sweep):
+    root, _ = project
+    client, experiment_id = client_for(root)
+    parent, points = children(client, experiment_id, "grid")
+    grid = {(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"]) for r in points}
+    assert grid == {("0", "0.001"), ("0", "0.0001"), ("1", "0.001"), ("1", "0.0001")}
+    assert {r.data.tags["thaw.sweep"] for r in points} == {"grid"}
+    assert {r.data.tags["dvc.experiment"] for r in points} == {"grid-0", "grid-1", "grid-2", "grid-3"}
+    summary = client.get_run(parent)
+    assert summary.info.status == "FINISHED"
+    assert "best_val_accuracy" in summary.data.metrics
+    assert {a.path for a in client.list_artifacts(parent, "summary")} >= {
+        "summary/heatmap.png",
+        "summary/leaderboard.md",
+    }
+    assert "rank" in grid_sweep  # the leaderboard is printed when the sweep ends
+
+
+def test_optuna_search_returns_objectives_to_the_sweeper(project, grid_sweep):
+    root, env = project
+    run(
+        [sys.executable, "-m", "stages.sweep", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+         "sweep.id=tpe"],
+        root, env,
+    )  # fmt: skip
+    result = yaml.safe_load((root / "multirun/tpe/optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"finetune.lr", "unfreeze.layers"}
+    assert 1e-5 <= result["best_params"]["finetune.lr"] <= 1e-3
+    client, experiment_id = client_for(root)
+    _, points = children(client, experiment_id, "tpe")
+    assert len(points) == 2
+    assert result["best_value"] == max(r.data.metrics["val_accuracy"] for r in points)
+
+
+def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep):
+    root, env = project
+    run(["dvc", "exp", "run", "--queue", "-S", "unfreeze.layers=0,1", "-S", "tracking.sweep=queued"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(["dvc", "queue", "status"], root, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    table = run([sys.executable, "-m", "stages.leaderboard", "--sweep", "queued", "--summarize"], root, env)
+    assert len([line for line in table.splitlines() if line[:1].isdigit()]) == 2
+    client, experiment_id = client_for(root)
+    _, points = children(client, experiment_id, "queued")
+    assert sorted(r.data.params["unfreeze.layers"] for r in points) == ["0", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`apt-get install chromium`; .ci/run does)")
+def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_path):
+    root, env = project
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(root), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "mlflow ui exited"
+            assert time.monotonic() < deadline, "mlflow ui did not come up in 120 s"
+            time.sleep(1)
+
+        client, experiment_id = client_for(root)
+        expected = {
+            r.info.run_name for r in client.search_runs([experiment_id], filter_string="tags.`thaw.sweep` = 'grid'")
+        }
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment_id], "max_results": 1000}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            listed = {r["info"]["run_name"] for r in json.load(response)["runs"]}
+        assert expected <= listed and len(expected) == 5  # four points and their parent
+
+        chrome = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,900", "--virtual-time-budget=20000"]  # fmt: skip
+
+        def rendered(page: str) -> str:
+            return subprocess.run([*chrome, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+
+        # The runs page lists the sweep as one parent row (its points are nested, collapsed) ...
+        page = f"{base}/#/experiments/{experiment_id}/runs"
+        assert "sweep grid" in rendered(page), f"the sweep's parent run is not rendered on {page}"
+        # ... and each point's own page renders it with its params and metrics.
+        best = client.get_run(tracking.find_sweep_parent(client, experiment_id, "grid")).data.tags["thaw.best_run_id"]
+        point_page = rendered(f"{base}/#/experiments/{experiment_id}/runs/{best}")
+        best_name = client.get_run(best).info.run_name
+        assert best_name in point_page and "unfreeze.layers" in point_page and "val_accuracy" in point_page
+        screenshot = tmp_path / "mlflow-ui.png"
+        subprocess.run([*chrome, f"--screenshot={screenshot}", page], capture_output=True, timeout=120, check=True)
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,127 @@
+"""Sweeps: the Optuna sweeper's search space, override filtering, the leaderboard, and MLflow under
+parallel writers (4 processes at once into one fresh SQLite store)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow.tracking import MlflowClient
+
+from hydra_plugins.thaw_optuna_sweeper.optuna_sweeper import to_distribution
+from stages import sweeps, tracking
+from stages.sweep import pipeline_overrides
+
+
+def history(epochs: int = 6, head_epochs: int = 3, best: float = 0.9) -> list[dict]:
+    return [
+        {"epoch": e, "phase": "head" if e <= head_epochs else "finetune", "loss": 1 / e, "accuracy": e / 10,
+         "val_loss": 1 / e, "val_accuracy": best * e / epochs}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+
+
+def log_point(uri: str, root: Path, i: int, layers: int, lr: float, best: float, sweep: str | None) -> str:
+    artifact = root / f"trace{i}.md"
+    artifact.write_text(f"point {i}")
+    record = tracking.RunRecord(
+        experiment="thaw",
+        run_name=f"point-{i}",
+        params={"unfreeze.layers": layers, "finetune.lr": lr, "tracking.sweep": sweep},
+        history=history(best=best),
+        final_metrics={"test_accuracy": best - 0.01, "head_test_accuracy": 0.8},
+        tags={},
+        artifacts={"report": [artifact]},
+    )
+    return tracking.log_run(uri, record, f"variant-{i}", artifact_root=root / "mlartifacts", sweep=sweep)["run_id"]
+
+
+def _parallel_point(args: tuple[str, str, int]) -> str:
+    uri, root, i = args
+    return log_point(uri, Path(root), i, layers=i % 3, lr=10.0 ** -(3 + i % 2), best=0.5 + i / 10, sweep="par")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("finetune.lr=tag(log, interval(1e-5, 1e-3))", optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)),
+        ("finetune.lr=interval(0.1, 0.5)", optuna.distributions.FloatDistribution(0.1, 0.5)),
+        ("unfreeze.layers=range(0, 5)", optuna.distributions.IntDistribution(0, 4)),
+        ("unfreeze.layers=range(0, 5, 2)", optuna.distributions.IntDistribution(0, 4, step=2)),
+        ("unfreeze.layers=choice(1, 3)", optuna.distributions.CategoricalDistribution([1, 3])),
+    ],
+)
+def test_search_space_grammar_maps_to_optuna(line, expected):
+    (override,) = OverridesParser.create().parse_overrides([line])
+    assert to_distribution(override) == expected
+
+
+def test_a_fixed_value_is_not_a_search_space():
+    (override,) = OverridesParser.create().parse_overrides(["finetune.lr=0.1"])
+    with pytest.raises(ValueError, match="not a search space"):
+        to_distribution(override)
+
+
+def test_only_pipeline_overrides_reach_dvc():
+    task = ["hparams_search=optuna", "sweep.id=x", "unfreeze.layers=2", "finetune.lr=0.001", "base=random", "seed=3"]
+    assert pipeline_overrides(task) == ["unfreeze.layers=2", "finetune.lr=0.001", "base=random", "seed=3"]
+
+
+def test_four_parallel_writers_lose_no_run_and_no_metric(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # fresh: the writers also race to create the schema
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        run_ids = pool.map(_parallel_point, [(uri, str(tmp_path), i) for i in range(4)])
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("thaw")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
+    for run_id in run_ids:
+        assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3, 4, 5, 6]
+        assert [m.step for m in client.get_metric_history(run_id, "phase")] == [1, 2, 3, 4, 5, 6]
+        assert {a.path for a in client.list_artifacts(run_id, "report")} == {f"report/trace{run_ids.index(run_id)}.md"}
+
+
+def test_summary_nests_points_and_logs_best_leaderboard_and_heatmap(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = [(0, 1e-3, 0.70), (0, 1e-4, 0.75), (2, 1e-3, 0.90), (2, 1e-4, 0.80)]
+    ids = [log_point(uri, tmp_path, i, layers, lr, best, sweep="grid") for i, (layers, lr, best) in enumerate(grid)]
+    log_point(uri, tmp_path, 9, 4, 1e-3, 0.99, sweep=None)  # not in the sweep: must not be ranked
+
+    rows = sweeps.summarize_sweep(uri, "thaw", "grid")
+
+    assert [r["run"] for r in rows] == ["point-2", "point-3", "point-1", "point-0"]
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name("thaw").experiment_id
+    parent_id = tracking.find_sweep_parent(client, experiment_id, "grid")
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["best.unfreeze.layers"] == "2"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(0.90)
+    assert parent.data.tags["thaw.best_run_id"] == ids[2]
+    for run_id in ids:
+        assert client.get_run(run_id).data.tags[tracking.PARENT_TAG] == parent_id
+    summary = {a.path for a in client.list_artifacts(parent_id, "summary")}
+    assert summary == {"summary/leaderboard.md", "summary/leaderboard.csv", "summary/heatmap.png"}
+    heatmap = Path(client.download_artifacts(parent_id, "summary/heatmap.png", str(tmp_path / "dl")))
+    assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and heatmap.stat().st_size > 5000
+
+    # A point tracked after the parent exists is nested at once.
+    late = log_point(uri, tmp_path, 5, 4, 1e-4, 0.6, sweep="grid")
+    assert client.get_run(late).data.tags[tracking.PARENT_TAG] == parent_id
+
+
+def test_leaderboard_cli_prints_the_sweep_ranked(tmp_path, capsys, monkeypatch):
+    from stages import leaderboard
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for i, best in enumerate((0.6, 0.8)):
+        log_point(uri, tmp_path, i, i, 1e-3, best, sweep="cli")
+    leaderboard.main(["--sweep", "cli", "--tracking-uri", uri])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["rank", "run", "unfreeze.layers", "finetune.lr"]
+    assert lines[2].split()[:2] == ["1", "point-1"] and lines[3].split()[:2] == ["2", "point-0"]
+    with pytest.raises(SystemExit, match="no experiment 'other'"):
+        leaderboard.main(["--experiment", "other", "--tracking-uri", uri])

@@ -1,0 +1,286 @@
+"""MLflow tracking: where runs go, the lineage read from dvc.lock, the variant key, and log_run against a real
+SQLite-backed MLflow store."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import tracking
+from stages.tracking import PHASE_CODES, VARIANT_TAG, RunRecord
+
+# tracking_uri / project_root ------------------------------------------------------------------------------------
+
+
+def test_tracking_uri_env_var_wins(tmp_path: Path):
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    assert tracking.tracking_uri(tmp_path, env) == "http://mlflow.example:5000"
+
+
+def test_tracking_uri_defaults_to_an_absolute_sqlite_path_under_the_root(tmp_path: Path):
+    uri = tracking.tracking_uri(tmp_path, {})
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert uri.startswith("sqlite:////")  # three slashes of the scheme + the absolute path's own
+    assert tracking.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": ""}) == uri  # an empty variable is unset
+
+
+def test_tracking_uri_anchors_a_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "ws").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri(Path("ws"), {}) == f"sqlite:///{(tmp_path / 'ws').resolve()}/mlflow.db"
+
+
+def test_project_root_honours_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    workspace = tmp_path / "main"
+    workspace.mkdir()
+    elsewhere = tmp_path / "queued-copy"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert tracking.project_root({"DVC_ROOT": str(workspace)}) == workspace.resolve()
+    assert tracking.project_root({"DVC_ROOT": "../main"}) == workspace.resolve()
+    assert tracking.project_root({}) == elsewhere.resolve()
+    assert tracking.project_root({"DVC_ROOT": ""}) == elsewhere.resolve()
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    assert tracking.project_root() == workspace.resolve()  # the process environment by default
+
+
+# lock_hashes ----------------------------------------------------------------------------------------------------
+
+LOCK = {
+    "schema": "2.0",
+    "stages": {
+        "ingest": {
+            "cmd": "python -m stages.ingest --out data/raw/dataset.npz",
+            "deps": [
+                {"path": "stages/ingest.py", "hash": "md5", "md5": "aaa111", "size": 10},
+                {"path": "stages/datasources.py", "hash": "md5", "md5": "bbb222", "size": 20},
+            ],
+            "params": {"params.yaml": {"seed": 42}},
+            "outs": [{"path": "data/raw/dataset.npz", "hash": "md5", "md5": "ccc333", "size": 30}],
+        },
+        "extract-frozen": {
+            "cmd": "python -m stages.extract_frozen",
+            "deps": [{"path": "data/raw", "hash": "md5", "md5": "ddd444.dir", "size": 40, "nfiles": 2}],
+            "outs": [{"path": "data/features/features.npz", "hash": "md5", "md5": "eee555"}],
+        },
+        "report": {"cmd": "python -m stages.report", "outs": [{"path": "reports/trace.md"}]},
+        "track": {
+            "cmd": "python -m stages.track",
+            "deps": [{"path": "stages/track.py", "hash": "md5", "md5": "fff666"}],
+            "outs": [{"path": "reports/mlflow_run.json", "hash": "md5", "md5": "ggg777"}],
+        },
+    },
+}
+
+
+def test_lock_hashes_reads_deps_and_outs_and_skips_track(tmp_path: Path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump(LOCK), encoding="utf-8")
+    assert tracking.lock_hashes(lock) == {
+        "ingest:stages/ingest.py": "aaa111",
+        "ingest:stages/datasources.py": "bbb222",
+        "ingest:data/raw/dataset.npz": "ccc333",
+        "extract-frozen:data/raw": "ddd444.dir",
+        "extract-frozen:data/features/features.npz": "eee555",
+    }
+    with_track = tracking.lock_hashes(str(lock), skip_stages=())
+    assert with_track["track:stages/track.py"] == "fff666"
+    assert with_track["track:reports/mlflow_run.json"] == "ggg777"
+    assert "ingest:stages/ingest.py" not in tracking.lock_hashes(lock, skip_stages=("ingest", "track"))
+
+
+def test_lock_hashes_missing_or_empty_lock(tmp_path: Path):
+    assert tracking.lock_hashes(tmp_path / "dvc.lock") == {}
+    empty = tmp_path / "empty.lock"
+    empty.write_text("", encoding="utf-8")
+    assert tracking.lock_hashes(empty) == {}
+    no_stages = tmp_path / "schema-only.lock"
+    no_stages.write_text("schema: '2.0'\n", encoding="utf-8")
+    assert tracking.lock_hashes(no_stages) == {}
+
+
+# variant_key ----------------------------------------------------------------------------------------------------
+
+
+def test_variant_key_is_stable_and_sensitive_to_params_and_code():
+    params = {"seed": 42, "finetune.lr": 0.0001, "unfreeze.layers": 2, "data.path": None}
+    code = {"finetune:stages/finetune.py": "abc", "unfreeze:stages/unfreeze.py": "def"}
+    key = tracking.variant_key(params, code)
+    assert re.fullmatch(r"[0-9a-f]{16}", key)
+    # Order does not matter, content does.
+    assert tracking.variant_key(dict(reversed(params.items())), dict(reversed(code.items()))) == key
+    assert tracking.variant_key({**params, "unfreeze.layers": 3}, code) != key
+    assert tracking.variant_key({**params, "finetune.lr": 0.001}, code) != key
+    assert tracking.variant_key(params, {**code, "unfreeze:stages/unfreeze.py": "changed"}) != key
+    assert tracking.variant_key(params, {}) != key
+    # Values JSON cannot encode are stringified, not an error.
+    assert tracking.variant_key({"path": Path("x/y")}, {}) == tracking.variant_key({"path": "x/y"}, {})
+
+
+# epoch_metrics --------------------------------------------------------------------------------------------------
+
+
+def _row(epoch: int, phase: str, base: float) -> dict[str, str]:
+    """A history row as read back from the CSV: every value a string."""
+    return {
+        "epoch": str(epoch),
+        "phase": phase,
+        "loss": str(base),
+        "accuracy": str(1 - base / 2),
+        "val_loss": str(base + 0.1),
+        "val_accuracy": str(0.9 - base / 2),
+    }
+
+
+HISTORY = [_row(1, "head", 1.0), _row(2, "head", 0.8), _row(3, "finetune", 0.5)]
+
+
+def test_epoch_metrics_one_axis_with_a_phase_marker():
+    points = tracking.epoch_metrics(HISTORY)
+    assert len(points) == 3 * 5
+    assert all(isinstance(value, float) and isinstance(step, int) for _, value, step in points)
+    by_key: dict[str, list[tuple[int, float]]] = {}
+    for key, value, step in points:
+        by_key.setdefault(key, []).append((step, value))
+    assert set(by_key) == {"loss", "accuracy", "val_loss", "val_accuracy", "phase"}
+    assert by_key["loss"] == [(1, 1.0), (2, 0.8), (3, 0.5)]
+    assert by_key["val_loss"] == [(1, 1.1), (2, 0.9), (3, 0.6)]
+    assert by_key["phase"] == [(1, 0.0), (2, 0.0), (3, 1.0)]
+    assert tracking.epoch_metrics([_row(1, "pretrain", 2.0)])[-1] == ("phase", float(PHASE_CODES["pretrain"]), 1)
+    assert tracking.epoch_metrics([]) == []
+
+
+# log_run against a real MLflow store ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    # An experiment created without artifact_root stores artifacts under ./mlruns: keep that inside tmp_path.
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    files = {}
+    for name, text in {"model.keras": "weights", "trace.md": "# trace", "layers.csv": "part,layer\n"}.items():
+        files[name] = tmp_path / "outputs" / name
+        files[name].parent.mkdir(exist_ok=True)
+        files[name].write_text(text, encoding="utf-8")
+    return {"uri": uri, "client": MlflowClient(tracking_uri=uri), "artifact_root": tmp_path / "mlartifacts", **files}
+
+
+def _record(store: dict[str, Any], **changes: Any) -> RunRecord:
+    fields: dict[str, Any] = {
+        "experiment": "thaw-test",
+        "run_name": "layers=2 lr=0.0001",
+        "params": {"seed": 42, "unfreeze.layers": 2, "finetune.lr": 0.0001, "data.path": None},
+        "history": HISTORY,
+        # As track.build_record gathers them: finetune's last-epoch numbers reuse the history's keys.
+        "final_metrics": {"test_accuracy": 0.75, "head_test_accuracy": 0.6, "loss": 0.5, "trainable_layers": 4},
+        "tags": {"project": "thaw", "unfreeze.layers": "2"},
+        "artifacts": {"model": [store["model.keras"]], "report": [store["trace.md"], store["layers.csv"]]},
+    }
+    fields.update(changes)
+    return RunRecord(**fields)
+
+
+def test_log_run_records_params_curves_metrics_tags_and_artifacts(store: dict[str, Any]):
+    client = store["client"]
+    result = tracking.log_run(store["uri"], _record(store), "variant-a", store["artifact_root"])
+    assert result["tracking_uri"] == store["uri"]
+    assert result["variant"] == "variant-a"
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "layers=2 lr=0.0001"
+    assert run.info.experiment_id == result["experiment_id"]
+
+    # Params: every one, as strings.
+    assert run.data.params == {"seed": "42", "unfreeze.layers": "2", "finetune.lr": "0.0001", "data.path": "None"}
+
+    # Curves: one point per epoch on the global step axis, and the phase marker.
+    def history(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(result["run_id"], key))
+
+    assert history("loss") == [(1, 1.0), (2, 0.8), (3, 0.5)]
+    assert history("accuracy") == [(1, 0.5), (2, 0.6), (3, 0.75)]
+    assert [step for step, _ in history("val_accuracy")] == [1, 2, 3]
+    assert [value for _, value in history("val_accuracy")] == pytest.approx([0.4, 0.5, 0.65])
+    assert history("phase") == [(1, 0.0), (2, 0.0), (3, 1.0)]
+
+    # Final metrics, at the last epoch's step.
+    assert run.data.metrics["test_accuracy"] == 0.75
+    assert run.data.metrics["head_test_accuracy"] == 0.6
+    assert run.data.metrics["trainable_layers"] == 4.0
+    assert history("test_accuracy") == [(3, 0.75)]
+
+    # Tags: the record's own and the variant.
+    assert run.data.tags[VARIANT_TAG] == "variant-a"
+    assert run.data.tags["project"] == "thaw"
+    assert run.data.tags["unfreeze.layers"] == "2"
+
+    # Artifacts, in their folders, in the experiment's location under artifact_root.
+    assert sorted(a.path for a in client.list_artifacts(result["run_id"])) == ["model", "report"]
+    assert [a.path for a in client.list_artifacts(result["run_id"], "model")] == ["model/model.keras"]
+    assert sorted(a.path for a in client.list_artifacts(result["run_id"], "report")) == [
+        "report/layers.csv",
+        "report/trace.md",
+    ]
+    experiment = client.get_experiment(result["experiment_id"])
+    assert experiment.name == "thaw-test"
+    assert experiment.artifact_location == (store["artifact_root"] / "thaw-test").as_uri()
+    stored = store["artifact_root"] / "thaw-test" / result["run_id"] / "artifacts" / "report" / "trace.md"
+    assert stored.read_text(encoding="utf-8") == "# trace"
+
+
+def test_log_run_again_with_the_same_variant_reuses_the_run(store: dict[str, Any]):
+    client = store["client"]
+    first = tracking.log_run(store["uri"], _record(store), "variant-a", store["artifact_root"])
+    again = tracking.log_run(
+        store["uri"], _record(store, tags={"project": "thaw", "dvc.experiment": "exp-1"}), "variant-a", None
+    )
+    assert again["run_id"] == first["run_id"]
+    assert again["experiment_id"] == first["experiment_id"]
+    runs = client.search_runs([first["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [first["run_id"]]
+    assert runs[0].data.tags["dvc.experiment"] == "exp-1"  # the tags are refreshed
+    assert len(client.get_metric_history(first["run_id"], "loss")) == 3  # the curves are not logged twice
+
+    other = tracking.log_run(store["uri"], _record(store), "variant-b", store["artifact_root"])
+    assert other["run_id"] != first["run_id"]
+    assert other["experiment_id"] == first["experiment_id"]
+    assert len(client.search_runs([first["experiment_id"]])) == 2
+
+
+def test_log_run_without_artifact_root_uses_the_store_default(store: dict[str, Any], tmp_path: Path):
+    result = tracking.log_run(store["uri"], _record(store, experiment="elsewhere"), "v", artifact_root=None)
+    location = store["client"].get_experiment(result["experiment_id"]).artifact_location
+    assert not location.startswith(store["artifact_root"].as_uri())
+    assert not store["artifact_root"].exists()
+
+
+def test_log_run_logs_more_than_one_batch_of_params(store: dict[str, Any]):
+    params = {f"p.{i:03d}": i for i in range(150)}  # MLflow takes at most 100 params per batch
+    result = tracking.log_run(store["uri"], _record(store, params=params, artifacts={}), "many", None)
+    logged = store["client"].get_run(result["run_id"]).data.params
+    assert logged == {k: str(v) for k, v in params.items()}
+
+
+def test_a_failed_log_run_is_marked_failed_and_not_reused(store: dict[str, Any], tmp_path: Path):
+    client = store["client"]
+    broken = _record(store, artifacts={"model": [tmp_path / "no-such-file.keras"]})
+    with pytest.raises(Exception, match="no-such-file"):
+        tracking.log_run(store["uri"], broken, "variant-f", store["artifact_root"])
+    experiment = client.get_experiment_by_name("thaw-test")
+    (failed,) = client.search_runs([experiment.experiment_id])
+    assert failed.info.status == "FAILED"
+
+    result = tracking.log_run(store["uri"], _record(store), "variant-f", store["artifact_root"])
+    assert result["run_id"] != failed.info.run_id
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"

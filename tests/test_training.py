@@ -1,0 +1,117 @@
+"""Training runs: reproducibility from the seed, the per-epoch history rows, and evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from stages import model, training
+
+CLASSES = 3
+
+
+def _features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Data independent of the training seed, so only the seed varies between runs."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4, 4, 8)).astype(np.float32), rng.integers(0, CLASSES, n)
+
+
+def _train(seed: int, epochs: int = 2) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    training.make_deterministic(seed)
+    head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.3)
+    model.compile_classifier(head, 0.01)
+    history = training.fit(head, _features(40, 0), _features(12, 1), epochs, batch_size=8, seed=seed, phase="head")
+    return history, head.get_weights()
+
+
+@pytest.fixture(scope="module")
+def seed_11_run() -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    return _train(seed=11)
+
+
+def test_same_seed_gives_identical_history_and_weights(seed_11_run):
+    history_a, weights_a = seed_11_run
+    history_b, weights_b = _train(seed=11)
+    assert history_a == history_b
+    assert len(weights_a) == len(weights_b)
+    assert all(np.array_equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
+
+
+def test_a_different_seed_gives_different_numbers(seed_11_run):
+    history_a, weights_a = seed_11_run
+    history_c, weights_c = _train(seed=12)
+    assert history_a != history_c
+    assert not all(np.array_equal(a, c) for a, c in zip(weights_a, weights_c, strict=True))
+
+
+def test_fit_numbers_epochs_from_first_epoch_and_tags_the_phase():
+    training.make_deterministic(0)
+    head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.0)
+    model.compile_classifier(head, 0.01)
+    rows = training.fit(
+        head, _features(16, 0), _features(8, 1), epochs=3, batch_size=8, seed=0, phase="finetune", first_epoch=5
+    )
+    assert [row["epoch"] for row in rows] == [5, 6, 7]
+    assert {row["phase"] for row in rows} == {"finetune"}
+    for row in rows:
+        assert list(row) == ["epoch", "phase", *training.HISTORY_KEYS]
+        for key in training.HISTORY_KEYS:
+            assert isinstance(row[key], float)
+            assert np.isfinite(row[key])
+            assert row[key] == round(row[key], 6)
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert 0.0 <= row["val_accuracy"] <= 1.0
+
+
+def test_fit_defaults_to_epoch_one_and_rows_follow_the_epochs_actually_run():
+    training.make_deterministic(0)
+    head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.0)
+    model.compile_classifier(head, 0.01)
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    rows = training.fit(
+        head, _features(16, 0), _features(8, 1), 4, 8, seed=0, phase="head", callbacks=[StopAfterFirstEpoch()]
+    )
+    assert [(row["epoch"], row["phase"]) for row in rows] == [(1, "head")]
+
+
+def test_dataset_batches_every_row_and_shuffles_reproducibly():
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    y = np.arange(10)
+    plain = [b[1].numpy().tolist() for b in training.dataset(x, y, batch_size=4)]
+    assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+    def order(seed: int) -> list[int]:
+        return [int(v) for _, labels in training.dataset(x, y, 4, shuffle_seed=seed) for v in labels.numpy()]
+
+    shuffled = order(1)
+    assert sorted(shuffled) == list(range(10))
+    assert shuffled != list(range(10))
+    assert order(1) == shuffled
+
+
+def test_evaluate_returns_loss_accuracy_and_predictions():
+    # A softmax layer with fixed weights: the prediction for one-hot input i is class i, with known probabilities.
+    inputs = keras.Input((CLASSES,))
+    dense = keras.layers.Dense(CLASSES, activation="softmax")
+    net = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.eye(CLASSES, dtype=np.float32) * 2.0, np.zeros(CLASSES, np.float32)])
+    x = np.eye(CLASSES, dtype=np.float32)[[0, 1, 2, 2]]
+    y = np.array([0, 1, 2, 0])  # the last row is predicted 2 but labelled 0
+
+    metrics, predicted = training.evaluate(net, x, y, batch_size=2)
+
+    assert predicted.tolist() == [0, 1, 2, 2]
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    p_right = np.exp(2.0) / (np.exp(2.0) + 2.0)
+    p_wrong = 1.0 / (np.exp(2.0) + 2.0)
+    expected_loss = (3 * -np.log(p_right) - np.log(p_wrong)) / 4
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert set(metrics) == {"loss", "accuracy"}
+    assert all(isinstance(v, float) for v in metrics.values())

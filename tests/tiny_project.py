@@ -1,0 +1,68 @@
+"""A fresh, clone-like copy of the project with tiny params, for the end-to-end tests (imported by them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for CI, big enough that every class lands in every split.
+TINY_CONF = {
+    "conf/data/digits.yaml": {"rows": 60},
+    "conf/base/glyphs.yaml": {"pretrain": {"classes": 4, "per_class": 8, "epochs": 1, "batch_size": 16}},
+    "conf/config.yaml": {"train_head": {"epochs": 2, "batch_size": 16}, "finetune": {"epochs": 1, "batch_size": 16}},
+}
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value)
+        else:
+            into[key] = value
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    """Run a command; fail the test with its output if it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}"
+    return output
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages DVC ran, in order, from its output."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def make_tiny_project(root: Path) -> dict[str, str]:
+    """Copy the project's files (as git would clone them) into `root`, shrink conf/, recompose params.yaml,
+    commit; return the environment to run DVC, MLflow and the stages with."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for rel in listed:
+        if (REPO / rel).is_file() and not rel.startswith("tests/"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    for rel, update in TINY_CONF.items():
+        data = yaml.safe_load((root / rel).read_text())
+        _merge(data, update)
+        (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    run([sys.executable, "-m", "stages.compose"], root, env)
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    run(["git", "init", "-q"], root, env)
+    run([*git, "add", "-A"], root, env)
+    run([*git, "commit", "-qm", "tiny"], root, env)
+    return env
