@@ -42,9 +42,9 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def make_tiny_project(root: Path) -> dict[str, str]:
-    """Copy the project's files (as git would clone them) into `root`, shrink conf/, recompose params.yaml,
-    commit; return the environment to run DVC, MLflow and the stages with."""
+def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> dict[str, str]:
+    """Copy the project's files (as git would clone them) into `root`, apply `conf_updates` to conf/ (tiny by
+    default), recompose params.yaml, commit; return the environment to run DVC, MLflow and the stages with."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, text=True, check=True,
@@ -53,7 +53,7 @@ def make_tiny_project(root: Path) -> dict[str, str]:
         if (REPO / rel).is_file() and not rel.startswith("tests/"):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
-    for rel, update in TINY_CONF.items():
+    for rel, update in conf_updates.items():
         data = yaml.safe_load((root / rel).read_text())
         _merge(data, update)
         (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
