@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from stages.datasources import DataError
-from stages.params import ConfigError
+from stages.params import ConfigError, check_params_file
 
 log = logging.getLogger("stages")
 
@@ -22,7 +23,12 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> argparse.
     parser.add_argument("--params", default="params.yaml", help="the composed params file (default: %(default)s)")
     for name in names:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="PATH")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Every stage checks the whole file, not only its own sections: a bad value anywhere fails at the first
+    # stage that runs, before any training (it costs milliseconds). Stages that read no params need no file.
+    if Path(args.params).is_file():
+        check_params_file(args.params)
+    return args
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:

@@ -6,14 +6,16 @@ and the test split's (actual, predicted) pairs for the confusion matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from stages import artifacts, cli, model, training
+from stages import artifacts, cli, model, tracking, training
 from stages.params import FinetuneParams, load_section, load_seed
 from stages.train_head import format_probabilities
 
@@ -28,6 +30,7 @@ def finetune(
     params: FinetuneParams,
     first_epoch: int,
     seed: int,
+    checkpoint: training.Checkpoint | None = None,
 ) -> list[dict[str, Any]]:
     """Recompile at `params.lr` and train on the train split, validating on the val split."""
     training.make_deterministic(seed)
@@ -41,6 +44,7 @@ def finetune(
         seed,
         phase="finetune",
         first_epoch=first_epoch,
+        checkpoint=checkpoint,
     )
 
 
@@ -68,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     pixels, labels, split, names = data["pixels"], data["labels"], data["split"], data["class_names"]
     first_epoch = int(artifacts.read_csv(args.head_history)[-1]["epoch"]) + 1
     classifier = model.load_keras_model(args.model, compile=False)
-    history = finetune(classifier, pixels, labels, split, params, first_epoch, load_seed(args.params))
+    seed = load_seed(args.params)
+    tracking.check_store(tracking.tracking_uri(tracking.project_root()))
+    settings = {"finetune": dataclasses.asdict(params), "seed": seed}
+    checkpoint = training.checkpoint_for(
+        "finetune", settings, [args.model, args.normalized, args.head_history], Path.cwd()
+    )
+    history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint)
     test, predicted = training.evaluate(classifier, pixels[split == 2], labels[split == 2])
     metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     metrics.update({k: v for k, v in history[-1].items() if k not in ("epoch", "phase")})
@@ -82,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     artifacts.write_json(args.metrics, metrics)
     artifacts.write_csv(args.confusion, confusion)
     artifacts.write_json(args.flow, flow_row(pixels, classifier.predict(pixels[:1], verbose=0)))
+    checkpoint.clear()
 
 
 if __name__ == "__main__":

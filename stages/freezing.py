@@ -35,22 +35,25 @@ def freeze(model: keras.Model) -> None:
     model.trainable = False
 
 
+def top_thawable_layers(base: keras.Model, n: int) -> list[keras.Layer]:
+    """The top `n` thawable layers of `base`; ValueError, listing them, when `n` is out of range."""
+    candidates = thawable_layers(base)
+    if not 0 <= n <= len(candidates):
+        names = ", ".join(layer.name for layer in candidates)
+        raise ValueError(
+            f"unfreeze.layers = {n} but the base has {len(candidates)} layers with weights that can be "
+            f"unfrozen (bottom to top: {names}; BatchNorm stays frozen); choose 0..{len(candidates)}"
+        )
+    return candidates[len(candidates) - n :] if n else []
+
+
 def unfreeze_top_layers(model: keras.Model, n: int) -> list[str]:
     """Make the top `n` thawable layers of the base trainable (the rest stay frozen); return their names.
 
     `n = 0` leaves the base frozen: only the head trains. BatchNorm layers always stay frozen.
     """
-    if n < 0:
-        raise ValueError(f"unfreeze.layers = {n}: expected an integer >= 0")
     base = model.get_layer(BASE_NAME)
-    candidates = thawable_layers(base)
-    if n > len(candidates):
-        names = ", ".join(layer.name for layer in candidates)
-        raise ValueError(
-            f"unfreeze.layers = {n} but the base has only {len(candidates)} layers with weights that can be "
-            f"unfrozen (bottom to top: {names}; BatchNorm stays frozen); choose 0..{len(candidates)}"
-        )
-    thawed = candidates[len(candidates) - n :] if n else []
+    thawed = top_thawable_layers(base, n)
     # Trainable containers (the base and any nested model) are needed for an inner layer to train.
     base.trainable = True
     for layer in weighted_layers(base):

@@ -209,6 +209,17 @@ def load_section(path: str | Path, name: str) -> Any:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def check_params_file(path: str | Path) -> None:
+    """Validate every section and the seed of a params file; raise ConfigError on the first problem."""
+    data = read_params(path)
+    unknown = sorted(set(data) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: seed, {', '.join(SECTIONS)}")
+    load_seed(path)
+    for name in SECTIONS:
+        load_section(path, name)
+
+
 def load_seed(path: str | Path) -> int:
     seed = read_params(path).get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:

@@ -7,21 +7,29 @@ model; `base=keras_app` builds a Keras Applications network from a weights file 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from stages import artifacts, cli, model, training
+from stages import artifacts, cli, model, tracking, training
 from stages.glyphs import render_glyphs
 from stages.params import BaseParams, ConfigError, PretrainParams, load_section, load_seed
 
 log = logging.getLogger(__name__)
 
 
-def pretrain_on_glyphs(base: keras.Model, pretrain: PretrainParams, image_size: int, seed: int) -> list[dict[str, Any]]:
+def pretrain_on_glyphs(
+    base: keras.Model,
+    pretrain: PretrainParams,
+    image_size: int,
+    seed: int,
+    checkpoint: training.Checkpoint | None = None,
+) -> list[dict[str, Any]]:
     """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history."""
     glyphs = render_glyphs(pretrain.classes, pretrain.per_class, image_size, seed)
     pixels = glyphs.images.astype(np.float32) / np.float32(255.0)
@@ -43,11 +51,21 @@ def pretrain_on_glyphs(base: keras.Model, pretrain: PretrainParams, image_size: 
         pretrain.batch_size,
         seed,
         phase="pretrain",
+        checkpoint=checkpoint,
     )
 
 
-def prepare_base(params: BaseParams, image_size: int, seed: int) -> tuple[keras.Model, list[dict[str, Any]]]:
-    """Build, load or pretrain the base as `params.kind` says; return it with its pretraining history."""
+def prepare_base(
+    params: BaseParams,
+    image_size: int,
+    seed: int,
+    checkpoint: training.Checkpoint | None = None,
+    unfreeze_layers: int | None = None,
+) -> tuple[keras.Model, list[dict[str, Any]]]:
+    """Build, load or pretrain the base as `params.kind` says; return it with its pretraining history.
+
+    With `unfreeze_layers`, a depth this base cannot unfreeze is rejected before any pretraining.
+    """
     training.make_deterministic(seed)
     if params.kind == "file":
         loaded = model.load_keras_model(str(params.path))
@@ -56,26 +74,48 @@ def prepare_base(params: BaseParams, image_size: int, seed: int) -> tuple[keras.
                 f"base.path = {params.path!r}: the model takes inputs of shape {loaded.input_shape[1:]}, "
                 f"but data.image_size = {image_size} gives ({image_size}, {image_size}, 3)"
             )
-        return keras.Model(loaded.inputs, loaded.outputs, name=model.BASE_NAME), []
-    if params.kind == "keras_app":
-        return model.build_application_base(str(params.application), str(params.path), image_size), []
-    base = model.build_conv_base(image_size, params.filters)
-    if params.kind == "random":
+        base = keras.Model(loaded.inputs, loaded.outputs, name=model.BASE_NAME)
+    elif params.kind == "keras_app":
+        base = model.build_application_base(str(params.application), str(params.path), image_size)
+    else:
+        base = model.build_conv_base(image_size, params.filters)
+    if unfreeze_layers is not None:
+        check_unfreeze_depth(base, unfreeze_layers)
+    if params.kind != "glyphs":
         return base, []
-    return base, pretrain_on_glyphs(base, params.pretrain, image_size, seed)
+    return base, pretrain_on_glyphs(base, params.pretrain, image_size, seed, checkpoint)
+
+
+def check_unfreeze_depth(base: keras.Model, layers: int) -> None:
+    """Reject an `unfreeze.layers` deeper than this base now, not after the head has trained.
+
+    Not a DVC param of this stage (it does not change the base): the check only fails early.
+    """
+    from stages.freezing import top_thawable_layers
+
+    try:
+        top_thawable_layers(base, layers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(argv, __doc__, "out", "metrics")
     params = load_section(args.params, "base")
     image_size = load_section(args.params, "data").image_size
-    base, history = prepare_base(params, image_size, load_seed(args.params))
+    seed = load_seed(args.params)
+    tracking.check_store(tracking.tracking_uri(tracking.project_root()))
+    settings = {"base": dataclasses.asdict(params), "image_size": image_size, "seed": seed}
+    checkpoint = training.checkpoint_for("pretrain-base", settings, [], Path.cwd())
+    layers = load_section(args.params, "unfreeze").layers
+    base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers)
     metrics: dict[str, Any] = {"kind": params.kind, "params": int(base.count_params())}
     if history:
         metrics.update({f"source_{k}": v for k, v in history[-1].items() if k not in ("epoch", "phase")})
     log.info("base %s: output %s, %d parameters", params.kind, base.output_shape, base.count_params())
     model.save_model(base, args.out)
     artifacts.write_json(args.metrics, metrics)
+    checkpoint.clear()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,33 @@ def tracking_uri(root: Path, environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking store cannot be reached or written.
+
+    A server is asked for its /health page (plain HTTP, no MLflow import); a SQLite store needs a writable
+    folder. MLflow's own client retries transient HTTP errors once logging starts.
+    """
+    import urllib.error
+    import urllib.request
+
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status == 200:
+                    return
+                reason = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri} is unreachable ({reason}): start the server, fix the URI, "
+            "or unset it to track into mlflow.db at the project root"
+        )
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ConfigError(f"tracking store {uri}: folder {folder} is missing or not writable")
+
+
 def lock_hashes(lock_path: str | Path, skip_stages: Iterable[str] = ("track",)) -> dict[str, str]:
     """`stage:path -> md5` for the deps and outs recorded in dvc.lock (the lineage of this run)."""
     path = Path(lock_path)
@@ -197,6 +224,10 @@ def _log_run(
         for folder, files in record.artifacts.items():
             for file in files:
                 client.log_artifact(run_id, str(file), artifact_path=folder or None)
+        # Read back before reporting success: a run whose metrics did not all land is not a finished run.
+        missing = {m.key for m in metrics} - set(client.get_run(run_id).data.metrics)
+        if missing:
+            raise RuntimeError(f"MLflow run {run_id} is missing metrics {sorted(missing)} after logging")
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise

@@ -5,14 +5,16 @@ Writes the head, the base + head model (base frozen, head trained), the per-epoc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from stages import artifacts, cli, model, training
+from stages import artifacts, cli, model, tracking, training
 from stages.freezing import freeze
 from stages.params import TrainHeadParams, load_section, load_seed
 
@@ -26,6 +28,7 @@ def train_head(
     num_classes: int,
     params: TrainHeadParams,
     seed: int,
+    checkpoint: training.Checkpoint | None = None,
 ) -> tuple[keras.Model, list[dict[str, Any]]]:
     """Fit a fresh head on the train split of the features, validating on the val split."""
     training.make_deterministic(seed)
@@ -39,6 +42,7 @@ def train_head(
         params.batch_size,
         seed,
         phase="head",
+        checkpoint=checkpoint,
     )
     return head, history
 
@@ -67,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_section(args.params, "train_head")
     data = artifacts.read_npz(args.features)
     features, labels, split = data["features"], data["labels"], data["split"]
-    head, history = train_head(features, labels, split, len(data["class_names"]), params, load_seed(args.params))
+    seed = load_seed(args.params)
+    tracking.check_store(tracking.tracking_uri(tracking.project_root()))
+    settings = {"train_head": dataclasses.asdict(params), "seed": seed}
+    checkpoint = training.checkpoint_for("train-head", settings, [args.features], Path.cwd())
+    head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint)
     test, _ = training.evaluate(head, features[split == 2], labels[split == 2])
     base = model.load_keras_model(args.base)
     freeze(base)
@@ -80,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     artifacts.write_csv(args.history, history)
     artifacts.write_json(args.metrics, metrics)
     artifacts.write_json(args.flow, flow_row(features, head.predict(features[:1], verbose=0)))
+    checkpoint.clear()
 
 
 def _last(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from stages.artifacts import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +28,82 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """A batched, prefetched tf.data pipeline; shuffled (reproducibly) when a seed is given."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """A batched, prefetched tf.data pipeline over in-memory arrays, in the order given."""
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled row order of one epoch: a function of (seed, epoch) alone, so a resumed run sees the
+    same batches as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch]).permutation(rows)
+
+
+def reseed_layers(model: keras.Model, seed: int, epoch: int) -> None:
+    """Set every layer's own random stream (dropout masks) to a function of (seed, epoch).
+
+    Keras saves no SeedGenerator state with the weights, so without this a resumed epoch would draw other
+    dropout masks than the uninterrupted run did.
+    """
+    pending: list[Any] = [model]
+    while pending:
+        layer = pending.pop()
+        pending.extend(getattr(layer, "layers", []))
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator):
+                value.state.assign(np.asarray([seed, epoch], dtype=value.state.dtype))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A stage's training state after its last finished epoch: weights (with optimizer and RNG state) and
+    the history so far, so that a killed run resumes at the next epoch and ends where an uninterrupted one
+    would. Keras' BackupAndRestore restores weights and the epoch but not the history, and its resumed
+    epochs would see a different data order, hence this small class.
+
+    Each save goes to a fresh folder and then an atomic rename of the `latest` pointer publishes it: a kill
+    mid-save leaves the previous epoch's state intact.
+    """
+
+    directory: Path
+
+    def restore(self, model: keras.Model) -> list[dict[str, Any]]:
+        pointer = self.directory / "latest"
+        if not pointer.is_file():
+            return []
+        epoch_dir = self.directory / pointer.read_text().strip()
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(epoch_dir / "state.weights.h5")
+        # JSON keeps no key order; restore the column order every history row has.
+        return [
+            {key: row[key] for key in ("epoch", "phase", *HISTORY_KEYS)}
+            for row in read_json(epoch_dir / "history.json")
+        ]
+
+    def save(self, model: keras.Model, history: list[dict[str, Any]]) -> None:
+        name = f"epoch-{len(history):04d}"
+        epoch_dir = self.directory / name
+        shutil.rmtree(epoch_dir, ignore_errors=True)
+        epoch_dir.mkdir(parents=True)
+        model.save_weights(epoch_dir / "state.weights.h5")
+        write_json(epoch_dir / "history.json", history)
+        write_text(self.directory / "latest", name)
+        for old in self.directory.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def checkpoint_for(stage: str, settings: Mapping[str, Any], inputs: Sequence[str | Path], root: Path) -> Checkpoint:
+    """The checkpoint folder of one stage run, keyed by its settings and the content of its inputs, so a
+    rerun with other params or inputs never resumes from a stale state."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(hashlib.md5(Path(path).read_bytes()).digest())
+    return Checkpoint(root / ".thaw" / "checkpoints" / f"{stage}-{digest.hexdigest()[:16]}")
 
 
 def fit(
@@ -37,23 +115,27 @@ def fit(
     seed: int,
     phase: str,
     first_epoch: int = 1,
-    callbacks: list[keras.callbacks.Callback] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict[str, Any]]:
-    """Train a compiled model; return one row per epoch numbered from `first_epoch`, tagged with `phase`."""
-    history = model.fit(
-        dataset(*train, batch_size, shuffle_seed=seed),
-        validation_data=dataset(*val, batch_size),
-        epochs=epochs,
-        shuffle=False,  # the tf.data pipeline shuffles, reproducibly
-        verbose=2,
-        callbacks=callbacks or [],
-    )
-    rows = []
-    for i in range(len(history.history["loss"])):
+    """Train a compiled model one epoch at a time; return one row per epoch numbered from `first_epoch`,
+    tagged with `phase`. With a checkpoint, finished epochs are saved and a rerun resumes after them."""
+    history = checkpoint.restore(model) if checkpoint else []
+    if history:
+        log.info("%s: resuming after epoch %d of %d (%s)", phase, len(history), epochs, checkpoint.directory)
+    x, y = train
+    validation = dataset(*val, batch_size)
+    for i in range(len(history), epochs):
+        reseed_layers(model, seed, i)
+        order = epoch_order(len(x), seed, i)
+        batches = dataset(x[order], y[order], batch_size)
+        result = model.fit(batches, validation_data=validation, epochs=1, shuffle=False, verbose=0)
         row: dict[str, Any] = {"epoch": first_epoch + i, "phase": phase}
-        row.update({key: round(float(history.history[key][i]), 6) for key in HISTORY_KEYS})
-        rows.append(row)
-    return rows
+        row.update({key: round(float(result.history[key][0]), 6) for key in HISTORY_KEYS})
+        history.append(row)
+        log.info("%s epoch %d/%d: %s", phase, i + 1, epochs, " ".join(f"{k}={row[k]:.4f}" for k in HISTORY_KEYS))
+        if checkpoint:
+            checkpoint.save(model, history)
+    return history
 
 
 def evaluate(

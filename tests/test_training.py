@@ -66,34 +66,64 @@ def test_fit_numbers_epochs_from_first_epoch_and_tags_the_phase():
         assert 0.0 <= row["val_accuracy"] <= 1.0
 
 
-def test_fit_defaults_to_epoch_one_and_rows_follow_the_epochs_actually_run():
+def test_fit_defaults_to_epoch_one():
     training.make_deterministic(0)
     head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.0)
     model.compile_classifier(head, 0.01)
-
-    class StopAfterFirstEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.model.stop_training = True
-
-    rows = training.fit(
-        head, _features(16, 0), _features(8, 1), 4, 8, seed=0, phase="head", callbacks=[StopAfterFirstEpoch()]
-    )
-    assert [(row["epoch"], row["phase"]) for row in rows] == [(1, "head")]
+    rows = training.fit(head, _features(16, 0), _features(8, 1), 2, 8, seed=0, phase="head")
+    assert [(row["epoch"], row["phase"]) for row in rows] == [(1, "head"), (2, "head")]
 
 
-def test_dataset_batches_every_row_and_shuffles_reproducibly():
+def test_dataset_batches_every_row_in_order_and_epoch_order_is_reproducible():
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     y = np.arange(10)
     plain = [b[1].numpy().tolist() for b in training.dataset(x, y, batch_size=4)]
     assert plain == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
-    def order(seed: int) -> list[int]:
-        return [int(v) for _, labels in training.dataset(x, y, 4, shuffle_seed=seed) for v in labels.numpy()]
+    first = training.epoch_order(10, seed=1, epoch=0)
+    assert sorted(first.tolist()) == list(range(10)) and first.tolist() != list(range(10))
+    assert training.epoch_order(10, seed=1, epoch=0).tolist() == first.tolist()
+    assert training.epoch_order(10, seed=1, epoch=1).tolist() != first.tolist()
+    assert training.epoch_order(10, seed=2, epoch=0).tolist() != first.tolist()
 
-    shuffled = order(1)
-    assert sorted(shuffled) == list(range(10))
-    assert shuffled != list(range(10))
-    assert order(1) == shuffled
+
+def _resumable_head(seed: int) -> keras.Model:
+    training.make_deterministic(seed)
+    head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.5)  # dropout: RNG state must resume too
+    model.compile_classifier(head, 0.01)
+    return head
+
+
+def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
+    train, val = _features(32, 0), _features(8, 1)
+    whole = _resumable_head(3)
+    whole_rows = training.fit(whole, train, val, 4, 8, seed=3, phase="head")
+
+    checkpoint = training.Checkpoint(tmp_path / "ckpt")
+    first = _resumable_head(3)
+    training.fit(first, train, val, 2, 8, seed=3, phase="head", checkpoint=checkpoint)  # "killed" after epoch 2
+    assert (checkpoint.directory / "latest").read_text() == "epoch-0002"
+
+    resumed = _resumable_head(3)  # a new process builds the model again, then restores the checkpoint
+    rows = training.fit(resumed, train, val, 4, 8, seed=3, phase="head", checkpoint=checkpoint)
+
+    assert rows == whole_rows
+    for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in checkpoint.directory.iterdir()) == ["epoch-0004", "latest"]
+    checkpoint.clear()
+    assert not checkpoint.directory.exists()
+
+
+def test_checkpoint_key_changes_with_settings_and_input_content(tmp_path):
+    data = tmp_path / "features.npz"
+    data.write_bytes(b"one")
+    a = training.checkpoint_for("train-head", {"lr": 0.1}, [data], tmp_path)
+    assert a == training.checkpoint_for("train-head", {"lr": 0.1}, [data], tmp_path)
+    assert a != training.checkpoint_for("train-head", {"lr": 0.2}, [data], tmp_path)
+    data.write_bytes(b"two")
+    assert a != training.checkpoint_for("train-head", {"lr": 0.1}, [data], tmp_path)
+    assert a.directory.parent == tmp_path / ".thaw" / "checkpoints"
 
 
 def test_evaluate_returns_loss_accuracy_and_predictions():
