@@ -68,6 +68,8 @@ def prepare_base(
     """
     training.make_deterministic(seed)
     if params.kind == "file":
+        if not Path(str(params.path)).is_file():
+            raise ConfigError(f"base.path = {params.path!r}: no such model file (base=file needs a saved .keras model)")
         loaded = model.load_keras_model(str(params.path))
         if tuple(loaded.input_shape[1:]) != (image_size, image_size, 3):
             raise ConfigError(

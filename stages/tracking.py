@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -25,6 +26,7 @@ from stages.params import ConfigError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 VARIANT_TAG = "thaw.variant"
 SWEEP_TAG = "thaw.sweep"
 ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
@@ -145,6 +147,23 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def with_retries(call: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
+    """Run `call`, retrying transient failures (a store that is briefly locked or unreachable) with
+    exponential backoff; the last failure is raised. Only idempotent calls belong here."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (MlflowException, OSError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("tracking call failed (%s); retry %d of %d in %.1f s", exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
 def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
     """The id of experiment `name`, created (with its artifacts under `artifact_root`, if given) when missing."""
     from mlflow.exceptions import MlflowException
@@ -219,11 +238,13 @@ def _log_run(
         # Final values whose names are also curves (loss, val_accuracy, ...) are already the curve's last point.
         final = {k: v for k, v in record.final_metrics.items() if k not in HISTORY_METRICS}
         metrics += [Metric(k, float(v), timestamp, last_step) for k, v in sorted(final.items())]
+        # Logging the same batch or artifact twice changes nothing, so these calls may be retried.
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-batch limits
-            client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+            batch = (metrics[start : start + 100], params[start : start + 100])
+            with_retries(lambda batch=batch: client.log_batch(run_id, metrics=batch[0], params=batch[1]))
         for folder, files in record.artifacts.items():
             for file in files:
-                client.log_artifact(run_id, str(file), artifact_path=folder or None)
+                with_retries(lambda f=file, d=folder: client.log_artifact(run_id, str(f), artifact_path=d or None))
         # Read back before reporting success: a run whose metrics did not all land is not a finished run.
         missing = {m.key for m in metrics} - set(client.get_run(run_id).data.metrics)
         if missing:

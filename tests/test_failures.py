@@ -99,3 +99,35 @@ def test_an_unfreeze_depth_beyond_the_base_is_rejected_before_pretraining(tmp_pa
         pretrain_base.main(["--params", str(params), "--out", str(out), "--metrics", str(tmp_path / "m.json")])
     assert time.monotonic() - start < 10  # pretraining the default base takes longer than this
     assert not out.exists() and not (tmp_path / ".thaw").exists()
+
+
+def test_transient_tracking_errors_are_retried_and_the_last_one_raised():
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("database is locked")
+        return "logged"
+
+    assert tracking.with_retries(flaky, attempts=4, delay=0.01) == "logged"
+    assert len(calls) == 3
+
+    def down() -> None:
+        raise OSError("connection refused")
+
+    with pytest.raises(OSError, match="connection refused"):
+        tracking.with_retries(down, attempts=2, delay=0.01)
+
+
+def test_a_missing_base_model_file_names_the_key(tmp_path, monkeypatch):
+    from stages import pretrain_base
+
+    monkeypatch.chdir(tmp_path)
+    params = params_file(tmp_path, base={"kind": "file", "path": str(tmp_path / "nope.keras")})
+    with pytest.raises(ConfigError, match=r"base\.path = .*nope\.keras.*no such model file"):
+        pretrain_base.main(
+            ["--params", str(params), "--out", str(tmp_path / "b.keras"), "--metrics", str(tmp_path / "m")]
+        )

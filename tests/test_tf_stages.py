@@ -99,7 +99,7 @@ def test_prepare_base_file_rejects_a_mismatched_input_shape(tmp_path: Path):
 
 
 def test_prepare_base_file_missing(tmp_path: Path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match=r"base\.path = .*nope\.keras"):
         pretrain_base.prepare_base(BaseParams(kind="file", path=str(tmp_path / "nope.keras")), IMAGE, seed=0)
 
 
