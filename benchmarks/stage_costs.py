@@ -1,0 +1,117 @@
+"""What each stage costs on the default data, on this machine: wall time split into process start + imports
+versus work, peak memory, the whole pipeline from a clean cache, a no-op `dvc repro`, and one head epoch on
+the cached features versus the same head trained through the frozen base (why extract-frozen exists).
+
+    python benchmarks/stage_costs.py
+
+Runs in a fresh copy of the project (a temporary git + DVC repo) and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (MiB) of one command, from GNU time."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    seconds, kib = proc.stderr.strip().splitlines()[-1].split()
+    return float(seconds), int(kib) // 1024
+
+
+def stage_commands(root: Path) -> dict[str, list[str]]:
+    """Each stage's command from dvc.yaml, with its `${paths.*}` filled in."""
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    paths = pipeline["vars"][0]["paths"]
+    return {
+        name: shlex.split(re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], stage["cmd"]))
+        for name, stage in pipeline["stages"].items()
+    }
+
+
+def import_seconds(module: str, root: Path, env: dict[str, str]) -> float:
+    """Process start + importing the stage module (what a stage pays before any work), best of 3.
+
+    Modules that import a library lazily (track imports MLflow inside its functions) pay that in "work".
+    """
+    return min(timed([sys.executable, "-c", f"import {module}"], root, env)[0] for _ in range(3))
+
+
+def head_epoch_seconds(root: Path) -> tuple[float, float]:
+    """Median seconds of one head epoch on cached features, and through the frozen base."""
+    from stages import artifacts, model, training
+    from stages.freezing import freeze
+
+    features = artifacts.read_npz(root / "data/features/features.npz")
+    pixels = artifacts.read_npz(root / "data/normalized/dataset.npz")
+    train = features["split"] == 0
+    base = model.load_keras_model(root / "models/base.keras")
+    freeze(base)
+
+    def epochs(net, x, y) -> float:
+        model.compile_classifier(net, 1e-3)
+        times = []
+        for _ in range(4):  # the first epoch traces the graph; not counted
+            start = time.perf_counter()
+            net.fit(training.dataset(x, y, 32), epochs=1, verbose=0)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+
+    head = model.build_head(features["features"].shape[1:], 10, 128, 0.3)
+    cached = epochs(head, features["features"][train], features["labels"][train])
+    through = model.assemble(base, model.build_head(features["features"].shape[1:], 10, 128, 0.3))
+    return cached, epochs(through, pixels["pixels"][train], pixels["labels"][train])
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO / "tests"))  # the project copier is shared with the end-to-end tests
+    from tiny_project import make_tiny_project
+
+    root = Path(tempfile.mkdtemp(prefix="thaw-stage-bench-"))
+    env = make_tiny_project(root, conf_updates={})
+
+    cold, _ = timed(["dvc", "repro"], root, env)
+    noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(3))
+
+    rows = []
+    for name, cmd in stage_commands(root).items():
+        module = cmd[cmd.index("-m") + 1]
+        startup = import_seconds(module, root, env)
+        wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC
+        rows.append((name, wall, startup, peak))
+    run(["dvc", "status"], root, env)
+
+    print("| stage | wall (s) | start + imports (s) | work (s) | peak memory (MiB) |")
+    print("|---|---|---|---|---|")
+    for name, wall, startup, peak in rows:
+        print(f"| {name} | {wall:.1f} | {startup:.1f} | {max(0.0, wall - startup):.1f} | {peak} |")
+    total = sum(r[1] for r in rows)
+    imports = sum(r[2] for r in rows)
+    print(f"\ncold `dvc repro` from a clean cache: {cold:.1f} s; no-op `dvc repro`: {noop:.2f} s")
+    print(f"start + imports: {imports:.1f} s of {total:.1f} s of stage time ({100 * imports / total:.0f} %)")
+    cached, through = head_epoch_seconds(root)
+    print(f"one head epoch: {cached * 1000:.0f} ms on cached features, {through * 1000:.0f} ms through the frozen "
+          f"base ({through / cached:.1f} x)")  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
