@@ -71,14 +71,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = artifacts.read_npz(args.normalized)
     pixels, labels, split, names = data["pixels"], data["labels"], data["split"], data["class_names"]
     first_epoch = int(artifacts.read_csv(args.head_history)[-1]["epoch"]) + 1
-    classifier = model.load_keras_model(args.model, compile=False)
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
-    settings = {"finetune": dataclasses.asdict(params), "seed": seed}
+    runtime = load_section(args.params, "runtime")
+    settings = {"finetune": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for(
         "finetune", settings, [args.model, args.normalized, args.head_history], Path.cwd()
     )
-    history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint)
+    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+        classifier = model.load_keras_model(args.model, compile=False)
+        history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint)
     test, predicted = training.evaluate(classifier, pixels[split == 2], labels[split == 2])
     metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     metrics.update({k: v for k, v in history[-1].items() if k not in ("epoch", "phase")})

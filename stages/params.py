@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 DATA_SOURCES = ("digits", "cifar10", "folder", "npz")
 BASE_KINDS = ("glyphs", "random", "file", "keras_app")
+STRATEGIES = ("default", "mirrored")
 
 
 class ConfigError(ValueError):
@@ -142,6 +143,22 @@ class FinetuneParams:
 
 
 @dataclass
+class RuntimeParams:
+    """How training runs: TensorFlow's default strategy, or data-parallel replicas (MirroredStrategy)."""
+
+    strategy: str = "default"
+    devices: list[str] | None = None  # mirrored: e.g. ["/gpu:0", "/gpu:1"]; null: every GPU, else the CPU
+
+    def __post_init__(self) -> None:
+        _require(self.strategy in STRATEGIES, "runtime.strategy", self.strategy, f"one of {list(STRATEGIES)}")
+        if self.devices is not None:
+            _require(
+                self.strategy == "mirrored", "runtime.devices", self.devices, "null unless runtime.strategy=mirrored"
+            )
+            _require(len(self.devices) >= 1, "runtime.devices", self.devices, "a non-empty list of device names")
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "thaw"
     sweep: str | None = None  # set by sweeps: groups this run under the sweep's parent run in MLflow
@@ -163,6 +180,7 @@ SECTIONS: dict[str, type] = {
     "train_head": TrainHeadParams,
     "unfreeze": UnfreezeParams,
     "finetune": FinetuneParams,
+    "runtime": RuntimeParams,
     "tracking": TrackingParams,
 }
 

@@ -107,10 +107,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     image_size = load_section(args.params, "data").image_size
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
-    settings = {"base": dataclasses.asdict(params), "image_size": image_size, "seed": seed}
+    runtime = load_section(args.params, "runtime")
+    settings = {"base": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "image_size": image_size,
+                "seed": seed}  # fmt: skip
     checkpoint = training.checkpoint_for("pretrain-base", settings, [], Path.cwd())
     layers = load_section(args.params, "unfreeze").layers
-    base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers)
+    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+        base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers)
     metrics: dict[str, Any] = {"kind": params.kind, "params": int(base.count_params())}
     if history:
         metrics.update({f"source_{k}": v for k, v in history[-1].items() if k not in ("epoch", "phase")})

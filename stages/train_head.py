@@ -73,9 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     features, labels, split = data["features"], data["labels"], data["split"]
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
-    settings = {"train_head": dataclasses.asdict(params), "seed": seed}
+    runtime = load_section(args.params, "runtime")
+    settings = {"train_head": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for("train-head", settings, [args.features], Path.cwd())
-    head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint)
+    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+        head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint)
     test, _ = training.evaluate(head, features[split == 2], labels[split == 2])
     base = model.load_keras_model(args.base)
     freeze(base)

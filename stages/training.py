@@ -28,6 +28,15 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def distribution_strategy(name: str, devices: list[str] | None) -> tf.distribute.Strategy:
+    """`default`: TensorFlow's default (single-device) strategy; `mirrored`: synchronous data-parallel
+    replicas on `devices` (every visible GPU when None, the CPU when there is none). Build, load and compile
+    models inside its `scope()`."""
+    strategy = tf.distribute.MirroredStrategy(devices=devices) if name == "mirrored" else tf.distribute.get_strategy()
+    log.info("%s strategy: %d replica(s)", name, strategy.num_replicas_in_sync)
+    return strategy
+
+
 def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """A batched, prefetched tf.data pipeline over in-memory arrays, in the order given."""
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
