@@ -34,6 +34,7 @@ class Point:
     layers: str
     lr: str
     metrics: dict[str, float]
+    params: dict[str, str]
 
 
 def ensure_sweep_parent(client: Any, experiment_id: str, sweep: str, overrides: Sequence[str] = ()) -> str:
@@ -62,12 +63,20 @@ def points(client: Any, experiment_id: str, sweep: str | None, metric: str) -> l
             layers=r.data.params.get("unfreeze.layers", "?"),
             lr=r.data.params.get("finetune.lr", "?"),
             metrics=dict(r.data.metrics),
+            params=dict(r.data.params),
         )
         for r in runs
         if ROLE_TAG not in r.data.tags
     ]
     worst = float("inf") if metric.endswith("loss") else float("-inf")
     return sorted(found, key=lambda p: p.metrics.get(metric, worst), reverse=not metric.endswith("loss"))
+
+
+def sweep_overrides(ranked: Sequence[Point]) -> dict[str, str]:
+    """Each point's overrides, as `key=value` of the params that vary across the sweep (run id -> text)."""
+    keys = sorted({k for p in ranked for k in p.params if len({q.params.get(k) for q in ranked}) > 1})
+    keys = [k for k in keys if k != "tracking.sweep"]
+    return {p.run_id: " ".join(f"{k}={p.params.get(k)}" for k in keys) for p in ranked}
 
 
 def leaderboard_rows(ranked: Sequence[Point]) -> list[dict[str, Any]]:
@@ -143,8 +152,9 @@ def _summarize(client: Any, experiment: str, sweep: str, metric: str) -> list[di
     parent = ensure_sweep_parent(client, experiment_id, sweep)
     ranked = points(client, experiment_id, sweep, metric)
     rows = leaderboard_rows(ranked)
+    overrides = sweep_overrides(ranked)
     for p in ranked:  # points tracked before the parent existed (DVC's queue) are nested now
-        client.set_tag(p.run_id, PARENT_TAG, parent)
+        client.log_batch(p.run_id, tags=[RunTag(PARENT_TAG, parent), RunTag("thaw.overrides", overrides[p.run_id])])
     if ranked:
         best = ranked[0]
         client.log_batch(

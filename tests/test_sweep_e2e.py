@@ -73,6 +73,9 @@ def test_hydra_grid_points_are_nested_mlflow_runs_with_a_summary(project, grid_s
     grid = {(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"]) for r in points}
     assert grid == {("0", "0.001"), ("0", "0.0001"), ("1", "0.001"), ("1", "0.0001")}
     assert {r.data.tags["thaw.sweep"] for r in points} == {"grid"}
+    assert {r.data.tags["thaw.overrides"] for r in points} == {
+        f"finetune.lr={lr} unfreeze.layers={layers}" for layers, lr in grid
+    }
     assert {r.data.tags["dvc.experiment"] for r in points} == {"grid-0", "grid-1", "grid-2", "grid-3"}
     summary = client.get_run(parent)
     assert summary.info.status == "FINISHED"

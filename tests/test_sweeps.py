@@ -101,8 +101,10 @@ def test_summary_nests_points_and_logs_best_leaderboard_and_heatmap(tmp_path):
     assert parent.data.params["best.unfreeze.layers"] == "2"
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(0.90)
     assert parent.data.tags["thaw.best_run_id"] == ids[2]
-    for run_id in ids:
-        assert client.get_run(run_id).data.tags[tracking.PARENT_TAG] == parent_id
+    for run_id, (layers, lr, _) in zip(ids, grid, strict=True):
+        tags = client.get_run(run_id).data.tags
+        assert tags[tracking.PARENT_TAG] == parent_id
+        assert tags["thaw.overrides"] == f"finetune.lr={lr} unfreeze.layers={layers}"
     summary = {a.path for a in client.list_artifacts(parent_id, "summary")}
     assert summary == {"summary/leaderboard.md", "summary/leaderboard.csv", "summary/heatmap.png"}
     heatmap = Path(client.download_artifacts(parent_id, "summary/heatmap.png", str(tmp_path / "dl")))
