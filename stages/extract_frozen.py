@@ -12,7 +12,7 @@ import numpy as np
 
 from stages import artifacts, cli, model, training
 from stages.freezing import freeze
-from stages.params import load_seed
+from stages.params import load_section, load_seed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ def flow_row(pixels: np.ndarray, features: np.ndarray) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(argv, __doc__, "normalized", "base", "out", "flow")
+    runtime = load_section(args.params, "runtime")
+    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
     training.make_deterministic(load_seed(args.params))
     data = artifacts.read_npz(args.normalized)
     base = model.load_keras_model(args.base)

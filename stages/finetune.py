@@ -31,10 +31,11 @@ def finetune(
     first_epoch: int,
     seed: int,
     checkpoint: training.Checkpoint | None = None,
+    steps_per_execution: int = 1,
 ) -> list[dict[str, Any]]:
     """Recompile at `params.lr` and train on the train split, validating on the val split."""
     training.make_deterministic(seed)
-    model.compile_classifier(classifier, params.lr)
+    model.compile_classifier(classifier, params.lr, steps_per_execution)
     return training.fit(
         classifier,
         (pixels[split == 0], labels[split == 0]),
@@ -74,13 +75,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
+    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
     settings = {"finetune": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for(
         "finetune", settings, [args.model, args.normalized, args.head_history], Path.cwd()
     )
+    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
     with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
         classifier = model.load_keras_model(args.model, compile=False)
-        history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint)
+        history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint, steps)
     test, predicted = training.evaluate(classifier, pixels[split == 2], labels[split == 2])
     metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     metrics.update({k: v for k, v in history[-1].items() if k not in ("epoch", "phase")})

@@ -144,10 +144,14 @@ class FinetuneParams:
 
 @dataclass
 class RuntimeParams:
-    """How training runs: TensorFlow's default strategy, or data-parallel replicas (MirroredStrategy)."""
+    """How training runs: TensorFlow's default strategy or data-parallel replicas (MirroredStrategy), how
+    many training steps one call into the compiled graph runs, and TensorFlow's thread pools."""
 
     strategy: str = "default"
     devices: list[str] | None = None  # mirrored: e.g. ["/gpu:0", "/gpu:1"]; null: every GPU, else the CPU
+    steps_per_execution: int = 32
+    intra_op_threads: int = 0  # 0: TensorFlow's choice (one per core)
+    inter_op_threads: int = 0
 
     def __post_init__(self) -> None:
         _require(self.strategy in STRATEGIES, "runtime.strategy", self.strategy, f"one of {list(STRATEGIES)}")
@@ -156,6 +160,11 @@ class RuntimeParams:
                 self.strategy == "mirrored", "runtime.devices", self.devices, "null unless runtime.strategy=mirrored"
             )
             _require(len(self.devices) >= 1, "runtime.devices", self.devices, "a non-empty list of device names")
+        _require(self.steps_per_execution >= 1, "runtime.steps_per_execution", self.steps_per_execution,
+                 "an integer >= 1")  # fmt: skip
+        for key in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(self, key)
+            _require(value >= 0, f"runtime.{key}", value, "an integer >= 0 (0: TensorFlow's choice)")
 
 
 @dataclass

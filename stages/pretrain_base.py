@@ -29,6 +29,7 @@ def pretrain_on_glyphs(
     image_size: int,
     seed: int,
     checkpoint: training.Checkpoint | None = None,
+    steps_per_execution: int = 1,
 ) -> list[dict[str, Any]]:
     """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history."""
     glyphs = render_glyphs(pretrain.classes, pretrain.per_class, image_size, seed)
@@ -42,7 +43,7 @@ def pretrain_on_glyphs(
         ],
         name="pretraining",
     )
-    model.compile_classifier(source_model, pretrain.lr)
+    model.compile_classifier(source_model, pretrain.lr, steps_per_execution)
     return training.fit(
         source_model,
         (pixels[n_val:], glyphs.labels[n_val:]),
@@ -61,6 +62,7 @@ def prepare_base(
     seed: int,
     checkpoint: training.Checkpoint | None = None,
     unfreeze_layers: int | None = None,
+    steps_per_execution: int = 1,
 ) -> tuple[keras.Model, list[dict[str, Any]]]:
     """Build, load or pretrain the base as `params.kind` says; return it with its pretraining history.
 
@@ -85,7 +87,7 @@ def prepare_base(
         check_unfreeze_depth(base, unfreeze_layers)
     if params.kind != "glyphs":
         return base, []
-    return base, pretrain_on_glyphs(base, params.pretrain, image_size, seed, checkpoint)
+    return base, pretrain_on_glyphs(base, params.pretrain, image_size, seed, checkpoint, steps_per_execution)
 
 
 def check_unfreeze_depth(base: keras.Model, layers: int) -> None:
@@ -108,12 +110,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
+    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
     settings = {"base": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "image_size": image_size,
                 "seed": seed}  # fmt: skip
     checkpoint = training.checkpoint_for("pretrain-base", settings, [], Path.cwd())
     layers = load_section(args.params, "unfreeze").layers
+    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
     with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
-        base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers)
+        base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers,
+                                     steps_per_execution=steps)  # fmt: skip
     metrics: dict[str, Any] = {"kind": params.kind, "params": int(base.count_params())}
     if history:
         metrics.update({f"source_{k}": v for k, v in history[-1].items() if k not in ("epoch", "phase")})

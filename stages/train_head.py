@@ -1,6 +1,7 @@
 """train-head: train the dense head on the cached features, then join it to the frozen base.
 
-Writes the head, the base + head model (base frozen, head trained), the per-epoch history and test metrics.
+Writes the head, the base + head model (base frozen, head trained) and its layer table, the per-epoch history
+and test metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import keras
 import numpy as np
 
 from stages import artifacts, cli, model, tracking, training
-from stages.freezing import freeze
+from stages.freezing import freeze, layer_table
 from stages.params import TrainHeadParams, load_section, load_seed
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ def train_head(
     params: TrainHeadParams,
     seed: int,
     checkpoint: training.Checkpoint | None = None,
+    steps_per_execution: int = 1,
 ) -> tuple[keras.Model, list[dict[str, Any]]]:
     """Fit a fresh head on the train split of the features, validating on the val split."""
     training.make_deterministic(seed)
     head = model.build_head(features.shape[1:], num_classes, params.units, params.dropout)
-    model.compile_classifier(head, params.lr)
+    model.compile_classifier(head, params.lr, steps_per_execution)
     history = training.fit(
         head,
         (features[split == 0], labels[split == 0]),
@@ -67,17 +69,19 @@ def format_probabilities(p: np.ndarray) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "features", "base", "head", "model", "history", "metrics", "flow")
+    args = cli.parse(argv, __doc__, "features", "base", "head", "model", "layers", "history", "metrics", "flow")
     params = load_section(args.params, "train_head")
     data = artifacts.read_npz(args.features)
     features, labels, split = data["features"], data["labels"], data["split"]
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
+    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
     settings = {"train_head": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for("train-head", settings, [args.features], Path.cwd())
+    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
     with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
-        head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint)
+        head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint, steps)
     test, _ = training.evaluate(head, features[split == 2], labels[split == 2])
     base = model.load_keras_model(args.base)
     freeze(base)
@@ -87,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("head: val_accuracy %.3f, test_accuracy %.3f", metrics["val_accuracy"], test["accuracy"])
     model.save_model(head, args.head)
     model.save_model(classifier, args.model)
+    artifacts.write_csv(args.layers, layer_table(classifier))  # what unfreeze thaws, without loading Keras
     artifacts.write_csv(args.history, history)
     artifacts.write_json(args.metrics, metrics)
     artifacts.write_json(args.flow, flow_row(features, head.predict(features[:1], verbose=0)))

@@ -28,6 +28,24 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools (0: TensorFlow's choice, one thread per core).
+
+    TensorFlow fixes them when it runs its first op, so stages call this first. Asking again for the sizes
+    already set is a no-op (several stages run in one process in tests); asking for others then is an error.
+    """
+    threading = tf.config.threading
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
+        intra_op, inter_op):  # fmt: skip
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(intra_op)
+        threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:
+        raise RuntimeError(f"runtime.*_op_threads must be set before TensorFlow starts: {exc}") from None
+    log.info("TensorFlow threads: intra-op %s, inter-op %s", intra_op or "auto", inter_op or "auto")
+
+
 def distribution_strategy(name: str, devices: list[str] | None) -> tf.distribute.Strategy:
     """`default`: TensorFlow's default (single-device) strategy; `mirrored`: synchronous data-parallel
     replicas on `devices` (every visible GPU when None, the CPU when there is none). Build, load and compile
@@ -35,6 +53,16 @@ def distribution_strategy(name: str, devices: list[str] | None) -> tf.distribute
     strategy = tf.distribute.MirroredStrategy(devices=devices) if name == "mirrored" else tf.distribute.get_strategy()
     log.info("%s strategy: %d replica(s)", name, strategy.num_replicas_in_sync)
     return strategy
+
+
+def steps_per_execution(strategy: str, requested: int) -> int:
+    """The steps per graph call to compile with: `requested`, but 1 under MirroredStrategy, where Keras 3's
+    multi-step loop fails to run ("You must feed a value for placeholder tensor", keras-team/keras#19246)."""
+    if strategy == "mirrored" and requested > 1:
+        log.warning("runtime.steps_per_execution = %d is not supported under MirroredStrategy by Keras "
+                    "(keras-team/keras#19246); training one step per call", requested)  # fmt: skip
+        return 1
+    return requested
 
 
 def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:

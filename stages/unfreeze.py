@@ -1,6 +1,9 @@
-"""unfreeze: make the top `unfreeze.layers` weighted layers of the base trainable and recompile.
+"""unfreeze: make the top `unfreeze.layers` weighted layers of the base trainable.
 
-Writes the unfrozen model and the layer table (part, layer, type, trainable, parameter counts).
+Reads the classifier that train-head saved and its layer table (base frozen); writes the unfrozen model and
+the layer table after thawing (part, layer, type, trainable, parameter counts). This stage trains nothing,
+so it does not import TensorFlow: it edits the saved model's trainable flags (see `stages.freezing`).
+`finetune` compiles the model with its own, lower learning rate.
 """
 
 from __future__ import annotations
@@ -9,31 +12,23 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import keras
-
-from stages import artifacts, cli, model
-from stages.freezing import layer_table, unfreeze_top_layers
+from stages import artifacts, cli
+from stages.freezing import BASE_NAME, parse_table, thaw_saved_model, thaw_table
 from stages.params import ConfigError, load_section
 
 log = logging.getLogger(__name__)
 
 
-def unfreeze(classifier: keras.Model, layers: int, lr: float) -> list[str]:
-    """Thaw the top `layers` of the base and recompile at `lr` (the head's rate, the model's current one).
-
-    Keras only applies a change of `trainable` at compile time, so the saved model is recompiled here;
-    `finetune` compiles again with its own, lower rate.
-    """
+def unfreeze(frozen_table: list[dict[str, Any]], layers: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The names of the base layers to thaw and the layer table after thawing them."""
     try:
-        thawed = unfreeze_top_layers(classifier, layers)
+        return thaw_table(frozen_table, layers)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    model.compile_classifier(classifier, lr)
-    return thawed
 
 
-def flow_row(classifier: keras.Model, thawed: list[str], rows: int) -> dict[str, object]:
-    shape = " x ".join(map(str, classifier.get_layer(model.BASE_NAME).output_shape[1:]))
+def flow_row(feature_shape: Sequence[int], thawed: list[str], rows: int) -> dict[str, object]:
+    shape = " x ".join(map(str, feature_shape))
     return {
         "stage": "unfreeze",
         "title": "Unfreeze layers",
@@ -54,18 +49,17 @@ def summary(table: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "model", "features", "out", "layers", "metrics", "flow")
+    args = cli.parse(argv, __doc__, "model", "frozen_layers", "features", "out", "layers", "metrics", "flow")
     layers = load_section(args.params, "unfreeze").layers
-    head_lr = load_section(args.params, "train_head").lr
-    classifier = model.load_keras_model(args.model, compile=False)
-    thawed = unfreeze(classifier, layers, head_lr)
-    table = layer_table(classifier)
+    frozen = parse_table(artifacts.read_csv(args.frozen_layers))
+    thawed, table = unfreeze(frozen, layers)
     log.info("unfroze %d base layers: %s", len(thawed), ", ".join(thawed) or "(none)")
-    rows = len(artifacts.read_npz(args.features)["labels"])
-    model.save_model(classifier, args.out)
+    features = artifacts.read_npz(args.features)["features"]
+    weighted = [row["layer"] for row in frozen if row["part"] == BASE_NAME]
+    thaw_saved_model(args.model, args.out, weighted, thawed)
     artifacts.write_csv(args.layers, table)
     artifacts.write_json(args.metrics, summary(table))
-    artifacts.write_json(args.flow, flow_row(classifier, thawed, rows))
+    artifacts.write_json(args.flow, flow_row(features.shape[1:], thawed, len(features)))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def run_train_head(folder: Path, runtime: dict) -> tuple[str, list[list[float]]]
     params["train_head"].update({"epochs": 4, "batch_size": 8, "lr": 0.01, "dropout": 0.0})  # masks differ per replica
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     outs = ["--features", "../features.npz", "--base", "../base.keras", "--head", "head.keras", "--model",
-            "model.keras", "--history", "history.csv", "--metrics", "metrics.json", "--flow", "flow.json"]  # fmt: skip
+            "model.keras", "--layers", "layers.csv", "--history", "history.csv", "--metrics", "metrics.json", "--flow", "flow.json"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *outs], cwd=folder, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,11 +60,15 @@ def test_mirrored_strategy_trains_the_head_on_two_devices_like_one(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
 
-    log_one, one = run_train_head(tmp_path / "one", {"strategy": "default", "devices": None})
+    one_device = {"strategy": "default", "devices": None, "steps_per_execution": 1, "intra_op_threads": 1,
+                  "inter_op_threads": 1}  # fmt: skip
+    log_one, one = run_train_head(tmp_path / "one", one_device)
     log_two, two = run_train_head(tmp_path / "two", {"strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
 
     assert "default strategy: 1 replica(s)" in log_one
+    assert "TensorFlow threads: intra-op 1, inter-op 1" in log_one
     assert "mirrored strategy: 2 replica(s)" in log_two  # what the stage itself trained with
+    assert "training one step per call" in log_two  # the default steps_per_execution fails under Mirrored
     # Synchronous data parallelism: the same updates as on one device, up to float summation order.
     np.testing.assert_allclose(np.array(two), np.array(one), atol=1e-4)
     assert (tmp_path / "two" / "model.keras").is_file()
@@ -76,3 +80,18 @@ def test_runtime_params_are_checked():
         RuntimeParams(strategy="tpu")
     with pytest.raises(ConfigError, match=r"runtime\.devices .* null unless runtime\.strategy=mirrored"):
         RuntimeParams(devices=["/gpu:0"])
+    with pytest.raises(ConfigError, match=r"runtime\.steps_per_execution = 0 .* an integer >= 1"):
+        RuntimeParams(steps_per_execution=0)
+    with pytest.raises(ConfigError, match=r"runtime\.inter_op_threads = -1 .* an integer >= 0"):
+        RuntimeParams(inter_op_threads=-1)
+
+
+def test_thread_pools_cannot_change_once_tensorflow_runs():
+    import tensorflow as tf
+
+    from stages import training
+
+    tf.constant(1.0) + 1.0  # TensorFlow has started (with its own choice of threads)
+    training.configure_threads(0, 0)  # the sizes already in force: nothing to do
+    with pytest.raises(RuntimeError, match=r"runtime\.\*_op_threads must be set before TensorFlow starts"):
+        training.configure_threads(1, 1)

@@ -49,7 +49,7 @@ def test_train_head_refuses_to_train_when_tracking_is_unreachable(tmp_path, monk
              split=np.repeat(np.arange(3, dtype=np.int8), 10), class_names=np.array(["a", "b", "c"]))  # fmt: skip
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.chdir(tmp_path)
-    outs = {name: str(tmp_path / f"{name}.out") for name in ("head", "model", "history", "metrics", "flow")}
+    outs = {name: str(tmp_path / f"{name}.out") for name in ("head", "model", "layers", "history", "metrics", "flow")}
     argv = ["--params", str(params_file(tmp_path)), "--features", str(features), "--base", str(tmp_path / "b.keras")]
     argv += [arg for name, path in outs.items() for arg in (f"--{name}", path)]
     with pytest.raises(ConfigError, match="unreachable"):

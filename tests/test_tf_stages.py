@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -15,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import artifacts, finetune, model, pretrain_base, train_head, unfreeze
-from stages.freezing import freeze, layer_table, weighted_layers
+from stages import artifacts, finetune, freezing, model, pretrain_base, train_head, unfreeze
+from stages.freezing import freeze, layer_table, thaw_saved_model, unfreeze_top_layers, weighted_layers
 from stages.params import BaseParams, ConfigError, FinetuneParams, PretrainParams, TrainHeadParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,15 +120,19 @@ def test_prepare_base_keras_app_and_unfreezing_inside_it(tmp_path: Path):
     inner = next(layer for layer in base.layers if isinstance(layer, keras.Model))
     assert all(np.array_equal(x, y) for x, y in zip(weights, inner.get_weights(), strict=True))
 
-    # The unfreeze stage walks into the nested application: its top two non-BatchNorm weighted layers thaw.
+    # The unfreeze stage walks into the nested application: its top two non-BatchNorm weighted layers thaw, in
+    # the saved model exactly as on the live one.
     freeze(base)
     classifier = model.assemble(base, model.build_head(base.output_shape[1:], CLASSES, 8, 0.0))
-    thawed = unfreeze.unfreeze(classifier, 2, 0.001)
+    loaded, thawed, table = _thaw_saved(classifier, 2, tmp_path)
     weighted = weighted_layers(base)
     non_bn = [layer.name for layer in weighted if not isinstance(layer, keras.layers.BatchNormalization)]
     assert thawed == non_bn[-2:]
-    assert [layer.name for layer in weighted if layer.trainable] == thawed
-    assert len(classifier.trainable_weights) > len(classifier.get_layer(model.HEAD_NAME).trainable_weights)
+    assert [layer.name for layer in weighted_layers(loaded.get_layer(model.BASE_NAME)) if layer.trainable] == thawed
+    assert layer_table(loaded) == table
+    assert len(loaded.trainable_weights) > len(loaded.get_layer(model.HEAD_NAME).trainable_weights)
+    unfreeze_top_layers(classifier, 2)
+    assert layer_table(classifier) == table
 
 
 # train-head ----------------------------------------------------------------------------------------------------
@@ -157,29 +164,90 @@ def test_format_probabilities_elides_the_middle():
 # unfreeze ------------------------------------------------------------------------------------------------------
 
 
-def test_unfreeze_thaws_and_recompiles_at_the_given_rate():
-    classifier = _classifier()
-    thawed = unfreeze.unfreeze(classifier, 2, 0.003)
+def _thaw_saved(classifier: keras.Model, n: int, tmp_path: Path) -> tuple[keras.Model, list[str], list[dict]]:
+    """Save `classifier` (base frozen) and thaw its top `n` base layers the way the unfreeze stage does."""
+    model.save_model(classifier, tmp_path / "model.keras")
+    frozen = layer_table(classifier)
+    thawed, table = unfreeze.unfreeze(frozen, n)
+    weighted = [row["layer"] for row in frozen if row["part"] == model.BASE_NAME]
+    thaw_saved_model(tmp_path / "model.keras", tmp_path / "unfrozen.keras", weighted, thawed)
+    return model.load_keras_model(tmp_path / "unfrozen.keras", compile=False), thawed, table
+
+
+def test_unfreeze_thaws_the_saved_model_as_keras_would(tmp_path: Path):
+    loaded, thawed, table = _thaw_saved(_classifier(), 2, tmp_path)
     assert thawed == ["conv2", "conv3"]
-    assert classifier.compiled
-    assert float(classifier.optimizer.learning_rate) == pytest.approx(0.003)
-    table = layer_table(classifier)
+    assert layer_table(loaded) == table  # the table unfreeze writes is what Keras loads
+    reference = _classifier()
+    unfreeze_top_layers(reference, 2)
+    assert layer_table(reference) == table  # and what thawing the live model gives
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in reference.trainable_weights]
+    for ours, theirs in zip(loaded.get_weights(), _classifier().get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # weights copied unchanged
     assert unfreeze.summary(table) == {
         "trainable_layers": 4,  # conv2, conv3, and the head's two dense layers
         "frozen_layers": 4,  # conv1 and the three BatchNorms
         "trainable_params": 3 * 3 * 4 * 8 + 3 * 3 * 8 * 8 + (8 * 8 + 8) + (8 * CLASSES + CLASSES),
-        "total_params": classifier.count_params(),
+        "total_params": loaded.count_params(),
     }
-    row = unfreeze.flow_row(classifier, thawed, rows=30)
+    row = unfreeze.flow_row((4, 4, 8), thawed, rows=30)
     assert row["stage"] == "unfreeze"
     assert row["input"] == row["output"] == "30 rows x 4 x 4 x 8"
     assert row["example"] == "layers now trainable: conv2, conv3"
-    assert unfreeze.flow_row(_classifier(), [], rows=5)["example"] == "base stays frozen (head only)"
+    assert unfreeze.flow_row((4, 4, 8), [], rows=5)["example"] == "base stays frozen (head only)"
+
+
+def test_unfreeze_zero_keeps_the_base_frozen_and_output_bytes_are_deterministic(tmp_path: Path):
+    classifier = _classifier()
+    loaded, thawed, _ = _thaw_saved(classifier, 0, tmp_path)
+    assert thawed == []
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in classifier.trainable_weights]
+    first = (tmp_path / "unfrozen.keras").read_bytes()
+    weighted = [row["layer"] for row in layer_table(classifier) if row["part"] == model.BASE_NAME]
+    thaw_saved_model(tmp_path / "model.keras", tmp_path / "again.keras", weighted, thawed)
+    assert (tmp_path / "again.keras").read_bytes() == first
+
+
+UNFREEZE_WITHOUT_TENSORFLOW = """
+import runpy, sys
+sys.argv = ["unfreeze", "--model", "model.keras", "--frozen-layers", "frozen.csv", "--features", "features.npz",
+            "--out", "unfrozen.keras", "--layers", "layers.csv", "--metrics", "unfreeze.json", "--flow", "flow.json"]
+runpy.run_module("stages.unfreeze", run_name="__main__", alter_sys=True)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "keras", "mlflow", "tf_keras"})
+assert not heavy, f"unfreeze imported {heavy[:10]}"
+"""
+
+
+def test_the_unfreeze_stage_runs_without_tensorflow(tmp_path: Path):
+    classifier = _classifier()
+    model.save_model(classifier, tmp_path / "model.keras")
+    artifacts.write_csv(tmp_path / "frozen.csv", layer_table(classifier))
+    artifacts.write_npz(tmp_path / "features.npz", features=np.zeros((30, 4, 4, 8), np.float32))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["unfreeze"]["layers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", UNFREEZE_WITHOUT_TENSORFLOW], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    loaded = model.load_keras_model(tmp_path / "unfrozen.keras")
+    assert [layer.name for layer in weighted_layers(loaded.get_layer(model.BASE_NAME)) if layer.trainable] == [
+        "conv2", "conv3"]  # fmt: skip
+    assert layer_table(loaded) == freezing.parse_table(artifacts.read_csv(tmp_path / "layers.csv"))
+    assert artifacts.read_json(tmp_path / "flow.json")["input"] == "30 rows x 4 x 4 x 8"
 
 
 def test_unfreeze_too_many_layers_is_a_config_error():
     with pytest.raises(ConfigError, match=r"unfreeze\.layers = 7.*conv1, conv2, conv3"):
-        unfreeze.unfreeze(_classifier(), 7, 0.001)
+        unfreeze.unfreeze(layer_table(_classifier()), 7)
+
+
+def test_thaw_saved_model_rejects_a_file_without_a_base(tmp_path: Path):
+    path = tmp_path / "head.keras"
+    model.save_model(model.build_head((4, 4, 8), CLASSES, 8, 0.0), path)
+    with pytest.raises(ValueError, match=r"head\.keras: expected one layer named 'base'"):
+        thaw_saved_model(path, tmp_path / "out.keras", [], [])
+    assert not (tmp_path / "out.keras").exists()
 
 
 # finetune ------------------------------------------------------------------------------------------------------
@@ -191,7 +259,7 @@ def test_finetune_continues_the_epoch_numbers_and_moves_only_thawed_layers():
     pixels = rng.random((n, IMAGE, IMAGE, 3), dtype=np.float32)
     split = _split(n)
     classifier = _classifier()
-    unfreeze.unfreeze(classifier, 1, 0.01)
+    unfreeze_top_layers(classifier, 1)
     base = classifier.get_layer(model.BASE_NAME)
     before = {w.path: np.array(w.numpy()) for w in base.weights}
 

@@ -19,10 +19,10 @@ def _features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(n, 4, 4, 8)).astype(np.float32), rng.integers(0, CLASSES, n)
 
 
-def _train(seed: int, epochs: int = 2) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+def _train(seed: int, epochs: int = 2, steps_per_execution: int = 1) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     training.make_deterministic(seed)
     head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.3)
-    model.compile_classifier(head, 0.01)
+    model.compile_classifier(head, 0.01, steps_per_execution)
     history = training.fit(head, _features(40, 0), _features(12, 1), epochs, batch_size=8, seed=seed, phase="head")
     return history, head.get_weights()
 
@@ -37,6 +37,13 @@ def test_same_seed_gives_identical_history_and_weights(seed_11_run):
     history_b, weights_b = _train(seed=11)
     assert history_a == history_b
     assert len(weights_a) == len(weights_b)
+    assert all(np.array_equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
+
+
+def test_steps_per_execution_changes_speed_not_numbers(seed_11_run):
+    history_a, weights_a = seed_11_run
+    history_b, weights_b = _train(seed=11, steps_per_execution=3)  # 5 steps an epoch: calls of 3 and 2 steps
+    assert history_a == history_b
     assert all(np.array_equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
 
 
