@@ -5,11 +5,17 @@ the job returns the objective (default val_accuracy) to the sweeper.
     python -m stages.sweep -m unfreeze.layers=0,2,4 finetune.lr=1e-3,1e-4      # grid, 2 jobs at a time
     python -m stages.sweep -m hparams_search=optuna                           # Optuna TPE search
     python -m stages.sweep -m hydra.launcher.n_jobs=4 sweep.id=depth-lr ...   # name it, more workers
+    python -m stages.sweep -m hydra/launcher=cluster sweep.share=true ...      # on a Ray cluster
+
+The last one spreads the points over a Ray cluster (Hydra's Ray launcher). Each machine runs its points in its
+own clone of the project (`THAW_REPO` in the environment of its `ray start`, else the submitting folder), with
+a shared DVC remote and tracking server: see the README's "Sweeps across machines".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ from stages import params, tracking
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = ("seed", *params.SECTIONS)
+REPO_ENV = "THAW_REPO"  # on a sweep worker: where this machine's clone of the project is
 
 
 def pipeline_overrides(task_overrides: Sequence[str]) -> list[str]:
@@ -44,21 +51,48 @@ def check_pipeline_config(cfg: DictConfig) -> None:
 
 
 def run_point(
-    repo: Path, overrides: Sequence[str], sweep_id: str, name: str, objective: str, experiment: str, log_file: Path
+    repo: Path,
+    overrides: Sequence[str],
+    sweep_id: str,
+    name: str,
+    objective: str,
+    experiment: str,
+    log_file: Path,
+    share_to: str | None = None,
 ) -> float:
-    """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow."""
-    cmd = ["dvc", "exp", "run", "--temp", "--name", name, "--set-param", f"tracking.sweep={sweep_id}"]
+    """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow.
+
+    With `share_to` (a git remote; `sweep.share`), the point may run in any machine's clone: it first fetches
+    the warm-up's run-cache from the DVC remote, so the upstream stages are restored rather than retrained,
+    and afterwards pushes its experiment (git ref to `share_to`, outputs to the DVC remote) for the team.
+    """
+    uri = tracking.tracking_uri(repo)
+    if share_to and not uri.startswith(("http://", "https://")):
+        raise RuntimeError(
+            f"sweep.share=true needs a tracking server that every machine reaches, but MLFLOW_TRACKING_URI is "
+            f"{os.environ.get('MLFLOW_TRACKING_URI', 'not set')} in {repo}: set it to http://HOST:PORT"
+        )
+    run = ["dvc", "exp", "run", "--temp", "--name", name, "--set-param", f"tracking.sweep={sweep_id}"]
     for line in overrides:
-        cmd += ["--set-param", line]
-    log.info("%s: %s", name, " ".join(overrides) or "(baseline)")
+        run += ["--set-param", line]
+    steps = [run]
+    if share_to:
+        # `fetch --run-cache` brings the run-cache's entries but not their outputs; `--pull` makes each stage
+        # found there download its outputs. --wait-for-lock: points sharing a clone take turns at its lock.
+        steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
+                 ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
+    log.info("%s: %s (in %s)", name, " ".join(overrides) or "(baseline)", repo)
     with open(log_file, "w", encoding="utf-8") as out:
-        proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}; see {log_file}")
+        for cmd in steps:
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}; see {log_file}")
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(repo))
+    client = MlflowClient(tracking_uri=uri)
     found = client.search_runs(
         [e.experiment_id for e in client.search_experiments(filter_string=f"name = '{experiment}'")],
         filter_string=f"tags.`dvc.experiment` = '{name}' and attributes.status = 'FINISHED'",
@@ -78,13 +112,14 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     check_pipeline_config(cfg)
     return run_point(
-        repo=Path(hydra.utils.get_original_cwd()),
+        repo=Path(os.environ.get(REPO_ENV) or hydra.utils.get_original_cwd()),
         overrides=pipeline_overrides(hydra_cfg.overrides.task),
         sweep_id=cfg.sweep.id,
         name=f"{cfg.sweep.id}-{hydra_cfg.job.num}",
         objective=cfg.sweep.objective,
         experiment=cfg.tracking.experiment,
         log_file=Path(hydra_cfg.runtime.output_dir) / "dvc-exp-run.log",
+        share_to=cfg.sweep.git_remote if cfg.sweep.share else None,
     )
 
 
