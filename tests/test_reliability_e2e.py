@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from tiny_project import TINY_CONF, make_tiny_project, run
+from tiny_project import TINY_CONF, make_tiny_project, project_env, run
 
 from stages import tracking
 
@@ -109,7 +109,7 @@ def test_a_sigkilled_training_stage_resumes_to_the_uninterrupted_result(uninterr
 
 def test_a_killed_stage_loses_nothing_dvc_checkout_cannot_restore(uninterrupted):
     root = uninterrupted
-    env = make_env(root)
+    env = project_env()
     outputs = ["models/unfrozen.keras", "models/finetuned.keras", *RECORDS]
     before = {rel: digest(root / rel) for rel in outputs}
     lock_before = (root / "dvc.lock").read_text()
@@ -118,11 +118,3 @@ def test_a_killed_stage_loses_nothing_dvc_checkout_cannot_restore(uninterrupted)
     run(["dvc", "checkout"], root, env)
     assert {rel: digest(root / rel) for rel in outputs} == before
     assert "up to date" in run(["dvc", "status"], root, env).lower()
-
-
-def make_env(root: Path) -> dict[str, str]:
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env

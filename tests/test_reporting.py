@@ -189,15 +189,10 @@ def check_png(path: Path, size: tuple[int, int]) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left behind
 
 
-def test_plot_curves_writes_a_png(tmp_path: Path, history: list[dict[str, str]]) -> None:
+@pytest.mark.parametrize("epochs", [None, 5], ids=["both-phases", "head-only"])
+def test_plot_curves_writes_a_png(tmp_path: Path, history: list[dict[str, str]], epochs: int | None) -> None:
     path = tmp_path / "figs" / "curves.png"
-    plot_curves(history, path)
-    check_png(path, (1000, 400))
-
-
-def test_plot_curves_head_only(tmp_path: Path, history: list[dict[str, str]]) -> None:
-    path = tmp_path / "figs" / "curves.png"
-    plot_curves(history[:5], path)
+    plot_curves(history[:epochs], path)
     check_png(path, (1000, 400))
 
 

@@ -42,6 +42,15 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def project_env() -> dict[str, str]:
+    """The environment to run DVC, MLflow and the stages in a project copy with: this interpreter's tools
+    first on PATH, and no MLFLOW_* or DVC_* setting leaking in from the caller's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
 def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> dict[str, str]:
     """Copy the project's files (as git would clone them) into `root`, apply `conf_updates` to conf/ (tiny by
     default), recompose params.yaml, commit; return the environment to run DVC, MLflow and the stages with."""
@@ -57,9 +66,7 @@ def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> 
         data = yaml.safe_load((root / rel).read_text())
         _merge(data, update)
         (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env = project_env()
     run([sys.executable, "-m", "stages.compose"], root, env)
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
     run(["git", "init", "-q"], root, env)
