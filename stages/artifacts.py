@@ -46,6 +46,10 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+# The timestamp of every zip member we write: equal contents then give equal bytes (and equal DVC hashes).
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write an uncompressed `.npz` that np.load reads, byte-identical for equal arrays.
 
@@ -54,7 +58,7 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_TIME)
             with zf.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 

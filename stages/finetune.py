@@ -75,13 +75,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
-    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
+    strategy, steps = training.prepare_runtime(runtime)
     settings = {"finetune": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for(
         "finetune", settings, [args.model, args.normalized, args.head_history], Path.cwd()
     )
-    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
-    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+    with strategy.scope():
         classifier = model.load_keras_model(args.model, compile=False)
         history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint, steps)
     test, predicted = training.evaluate(classifier, pixels[split == 2], labels[split == 2])

@@ -4,7 +4,7 @@ The rule (thaw the top N layers with weights, never BatchNorm) is written once, 
 `unfreeze` stage can thaw a saved model without importing TensorFlow: it flips the `trainable` flags in the
 archive's `config.json` and copies the weights byte for byte. Keras applies `trainable` from that config when
 it loads the model, exactly as if the flags had been set on the live layers and the model saved
-(tests/test_freezing.py checks the two against each other). Keras itself has no API that edits a saved model
+(tests/test_tf_stages.py checks the two against each other). Keras itself has no API that edits a saved model
 without building it, and building it is what costs the import.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.artifacts import atomic_path
+from stages.artifacts import ZIP_TIME, atomic_path
 
 if TYPE_CHECKING:
     import keras
@@ -150,9 +150,9 @@ def thaw_saved_model(src: str | Path, dst: str | Path, weighted: Iterable[str], 
     """Write `src` to `dst` (atomically) with the base's `weighted` layers trainable only where `thawed`.
 
     The flags are set as `unfreeze_top_layers` leaves them: the base and every container in it trainable,
-    its layers without weights trainable, its weighted layers trainable only if thawed. ValueError when `src`
-    holds no layer named `base`. Other members
+    its layers without weights trainable, its weighted layers trainable only if thawed. Other members
     (weights, metadata) are copied unchanged; timestamps are pinned so equal inputs give equal bytes.
+    ValueError when `src` holds no layer named `base`.
     """
     weighted, thawed = set(weighted), set(thawed)
 
@@ -175,6 +175,6 @@ def thaw_saved_model(src: str | Path, dst: str | Path, weighted: Iterable[str], 
         with atomic_path(dst) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
             for info in archive.infolist():
                 data = json.dumps(config).encode() if info.filename == KERAS_CONFIG else archive.read(info)
-                member = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                member = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
                 member.compress_type = info.compress_type
                 out.writestr(member, data)

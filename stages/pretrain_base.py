@@ -110,13 +110,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
-    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
+    strategy, steps = training.prepare_runtime(runtime)
     settings = {"base": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "image_size": image_size,
                 "seed": seed}  # fmt: skip
     checkpoint = training.checkpoint_for("pretrain-base", settings, [], Path.cwd())
     layers = load_section(args.params, "unfreeze").layers
-    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
-    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+    with strategy.scope():
         base, history = prepare_base(params, image_size, seed, checkpoint, unfreeze_layers=layers,
                                      steps_per_execution=steps)  # fmt: skip
     metrics: dict[str, Any] = {"kind": params.kind, "params": int(base.count_params())}

@@ -190,9 +190,9 @@ class SweepCallback(Callback):
             # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
             log.info("warm-up: dvc repro train-head")
             subprocess.run(["dvc", "repro", "train-head"], cwd=root, check=True)
-            if config.sweep.share:  # for points on other machines: they fetch it before running
-                log.info("warm-up: dvc push --run-cache (to the DVC remote)")
-                subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
+        if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
+            log.info("dvc push --run-cache (to the DVC remote)")
+            subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
         uri = tracking_uri(root)
         local = "MLFLOW_TRACKING_URI" not in os.environ
         with store_lock(uri):

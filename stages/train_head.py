@@ -76,11 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))
     runtime = load_section(args.params, "runtime")
-    training.configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
+    strategy, steps = training.prepare_runtime(runtime)
     settings = {"train_head": dataclasses.asdict(params), "runtime": dataclasses.asdict(runtime), "seed": seed}
     checkpoint = training.checkpoint_for("train-head", settings, [args.features], Path.cwd())
-    steps = training.steps_per_execution(runtime.strategy, runtime.steps_per_execution)
-    with training.distribution_strategy(runtime.strategy, runtime.devices).scope():
+    with strategy.scope():
         head, history = train_head(features, labels, split, len(data["class_names"]), params, seed, checkpoint, steps)
     test, _ = training.evaluate(head, features[split == 2], labels[split == 2])
     base = model.load_keras_model(args.base)

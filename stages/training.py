@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from stages.artifacts import read_json, write_json, write_text
+from stages.params import RuntimeParams
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,14 @@ def make_deterministic(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow and turn on op determinism: same params + seed, same numbers."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def prepare_runtime(runtime: RuntimeParams) -> tuple[tf.distribute.Strategy, int]:
+    """Apply the `runtime` section before training: size the thread pools, then return the strategy to build
+    and train under and the steps per execution to compile with."""
+    configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
+    strategy = distribution_strategy(runtime.strategy, runtime.devices)
+    return strategy, steps_per_execution(runtime.strategy, runtime.steps_per_execution)
 
 
 def configure_threads(intra_op: int, inter_op: int) -> None:
