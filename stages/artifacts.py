@@ -63,6 +63,16 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
+def write_zip(path: str | Path, members: Sequence[tuple[str, bytes, int]]) -> None:
+    """Write (name, bytes, compress type) members atomically, every timestamp pinned: equal members, equal bytes."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+        for name, data, compress_type in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.compress_type = compress_type
+            info.external_attr = 0o644 << 16
+            out.writestr(info, data)
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Load every array of an `.npz` file; pickled objects are refused."""
     with np.load(path, allow_pickle=False) as npz:

@@ -9,12 +9,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stages.datasources import DataError
+from stages.keras_archive import ArchiveError
 from stages.params import ConfigError, check_params_file
 
 log = logging.getLogger("stages")
 
 # Errors that mean "the input or the config is wrong": reported as one clear line, exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, ArchiveError, FileNotFoundError)
 
 
 def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> argparse.Namespace:

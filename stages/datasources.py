@@ -1,7 +1,7 @@
 """Image sources for `ingest`: each returns an ImageDataset of uint8 RGB images; bad input raises DataError.
 
 Sources: `digits` (the embedded default: scikit-learn's bundled handwritten digits, no download),
-`cifar10` (Keras' loader, or a local copy of the archive), `folder` (one sub-folder per class) and `npz`
+`cifar10` (a local copy of the archive or its extracted folder), `folder` (one sub-folder per class) and `npz`
 (arrays `x` and `y`, optional `class_names`).
 """
 
@@ -60,19 +60,11 @@ def load_digits(image_size: int) -> ImageDataset:
     )
 
 
-def load_cifar10(path: str | None) -> ImageDataset:
-    """CIFAR-10 (train + test batches). Without `path`, Keras' loader (its cache, or a download);
-    with `path`, a local `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py` folder."""
-    if path is None:
-        from keras.datasets import cifar10
-
-        (x_train, y_train), (x_test, y_test) = cifar10.load_data()
-        images = np.concatenate([x_train, x_test])
-        labels = np.concatenate([y_train, y_test]).reshape(-1)
-        return ImageDataset(images, labels.astype(np.int64), CIFAR10_CLASSES)
-
+def load_cifar10(path: str) -> ImageDataset:
+    """CIFAR-10 (train + test batches) from a local `cifar-10-python.tar.gz` or its extracted
+    `cifar-10-batches-py` folder. A local file, not Keras' download, so DVC tracks what the pipeline read."""
     # Keras' batch reader uses a restricted unpickler (numpy arrays only), so a tampered batch cannot
-    # run code; its public loader cannot read an archive outside the Keras cache, hence this branch.
+    # run code; its public loader reads only its own download cache, hence this reader.
     from keras.src.datasets.cifar import load_batch
 
     source = Path(path)
@@ -183,7 +175,7 @@ def load_source(source: str, path: str | None, image_size: int, resize: bool) ->
     if source == "digits":
         return load_digits(image_size)
     if source == "cifar10":
-        return load_cifar10(path)
+        return load_cifar10(str(path))
     if source == "folder":
         return load_folder(str(path), image_size, resize)
     if source == "npz":

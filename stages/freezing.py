@@ -10,19 +10,17 @@ without building it, and building it is what costs the import.
 
 from __future__ import annotations
 
-import json
-import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.artifacts import ZIP_TIME, atomic_path
+from stages import keras_archive
+from stages.artifacts import atomic_path
 
 if TYPE_CHECKING:
     import keras
 
 BASE_NAME = "base"  # the base's layer name inside the classifier (model.BASE_NAME re-exports it)
-KERAS_CONFIG = "config.json"  # the member of a `.keras` archive that holds the architecture and flags
 
 
 def is_thawable(layer_type: str) -> bool:
@@ -146,35 +144,53 @@ def thaw_table(table: Sequence[dict[str, Any]], n: int) -> tuple[list[str], list
     return thawed, after
 
 
-def thaw_saved_model(src: str | Path, dst: str | Path, weighted: Iterable[str], thawed: Iterable[str]) -> None:
-    """Write `src` to `dst` (atomically) with the base's `weighted` layers trainable only where `thawed`.
+def thaw_saved_model(
+    src: str | Path, dst: str | Path, weighted: Iterable[str], thawed: Iterable[str]
+) -> dict[str, bool]:
+    """Write `src` to `dst` (atomically) with the base's `weighted` layers trainable only where `thawed`;
+    return the flags read back from what was written (`layer -> trainable` for every weighted layer).
 
     The flags are set as `unfreeze_top_layers` leaves them: the base and every container in it trainable,
     its layers without weights trainable, its weighted layers trainable only if thawed. Other members
-    (weights, metadata) are copied unchanged; timestamps are pinned so equal inputs give equal bytes.
-    ValueError when `src` holds no layer named `base`.
+    (weights, metadata) are copied unchanged, the save date and times pinned. The written archive is read
+    back and checked before it replaces `dst`; ArchiveError when `src` is not a Keras 3 model with a
+    layer named `base`, or when the archive does not hold exactly the intended flags.
     """
-    weighted, thawed = set(weighted), set(thawed)
+    weighted, thawed = list(weighted), set(thawed)
+    members = keras_archive.read_members(src)
+    keras_archive.keras_version(members, src)
+    config = keras_archive.member_json(members, keras_archive.CONFIG, src)
+    for layer in keras_archive.nested_layers(keras_archive.top_layer(config, BASE_NAME, src)):
+        inner = layer["config"]
+        if "trainable" in inner:  # operations in a functional graph (e.g. an `Add` op) have no such flag
+            inner["trainable"] = inner.get("name") in thawed if inner.get("name") in weighted else True
+    with atomic_path(dst) as tmp:
+        keras_archive.write_pinned(tmp, members, config)
+        return read_thawed(tmp, weighted, thawed)
 
-    def flag(layer: dict[str, Any]) -> None:
-        config = layer["config"]
-        name = config.get("name")
-        if "trainable" in config:  # operations in a functional graph (e.g. an `Add` op) have no such flag
-            config["trainable"] = name in thawed if name in weighted else True
-        for inner in config.get("layers") or []:
-            flag(inner)
 
-    with zipfile.ZipFile(src) as archive:
-        if KERAS_CONFIG not in archive.namelist():
-            raise ValueError(f"{src}: not a .keras model file (no {KERAS_CONFIG} inside)")
-        config = json.loads(archive.read(KERAS_CONFIG))
-        base = [layer for layer in config["config"]["layers"] if layer["config"].get("name") == BASE_NAME]
-        if len(base) != 1:
-            raise ValueError(f"{src}: expected one layer named {BASE_NAME!r} (the base) in the model")
-        flag(base[0])
-        with atomic_path(dst) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
-            for info in archive.infolist():
-                data = json.dumps(config).encode() if info.filename == KERAS_CONFIG else archive.read(info)
-                member = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
-                member.compress_type = info.compress_type
-                out.writestr(member, data)
+def read_thawed(path: str | Path, weighted: Sequence[str], thawed: set[str]) -> dict[str, bool]:
+    """The trainable flag of each weighted base layer in a written archive, checked against `thawed`."""
+    members = keras_archive.read_members(path)
+    keras_archive.keras_version(members, path)
+    flags = keras_archive.trainable_flags(keras_archive.member_json(members, keras_archive.CONFIG, path),
+                                          BASE_NAME, path)  # fmt: skip
+    if missing := [name for name in weighted if name not in flags]:
+        raise keras_archive.ArchiveError(f"{path}: base layer(s) {missing} have no trainable flag in the archive")
+    on = {name for name in weighted if flags[name]}
+    if on != thawed:
+        raise keras_archive.ArchiveError(
+            f"{path}: the written model has trainable base layers {sorted(on)}, not the intended {sorted(thawed)}"
+        )
+    return {name: flags[name] for name in weighted}
+
+
+def table_with_flags(table: Sequence[dict[str, Any]], flags: Mapping[str, bool]) -> list[dict[str, Any]]:
+    """The layer table with each base layer's trainable flag (and trainable parameters) as in `flags`."""
+    rows = []
+    for row in table:
+        if row["part"] == BASE_NAME:
+            on = flags[row["layer"]]
+            row = {**row, "trainable": on, "trainable_params": row["params"] if on else 0}
+        rows.append(row)
+    return rows

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stages import artifacts, cli, datasources
+from stages.input import check_fingerprint
 from stages.params import load_section, load_seed
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def flow_row(raw: dict[str, np.ndarray]) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "out", "flow")
+    args = cli.parse(argv, __doc__, "input", "out", "flow")
     data = load_section(args.params, "data")
+    check_fingerprint(artifacts.read_json(args.input), data.path, args.input)
     raw = ingest(
         data.source, data.path, data.rows, data.image_size, data.resize,
         data.val_fraction, data.test_fraction, load_seed(args.params),

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from stages import keras_archive
 from stages.artifacts import atomic_path
 from stages.freezing import BASE_NAME  # the base's layer name; defined in freezing, which runs without Keras
 
@@ -70,9 +71,11 @@ def load_keras_model(path: str | Path, compile: bool = True) -> keras.Model:
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
-    """Save atomically: write a temporary `.keras` beside the target, then rename."""
+    """Save atomically and byte-reproducibly: Keras writes a temporary `.keras` beside the target, whose
+    save date and file times are then pinned (`keras_archive.pin`) into the final file."""
     with atomic_path(path) as tmp:
         model.save(tmp)
+        keras_archive.pin(tmp, tmp)  # in place, before the rename publishes it
 
 
 def build_head(feature_shape: tuple[int, ...], num_classes: int, units: int, dropout: float) -> keras.Model:

@@ -50,7 +50,7 @@ class DataParams:
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {list(DATA_SOURCES)}")
-        if self.source in ("folder", "npz"):
+        if self.source in ("folder", "npz", "cifar10"):
             _require(bool(self.path), "data.path", self.path, f"a path (data={self.source} reads it)")
         if self.rows is not None:
             _require(self.rows >= 10, "data.rows", self.rows, "an integer >= 10, or null for all rows")
@@ -183,8 +183,27 @@ class TrackingParams:
             )
 
 
+@dataclass
+class InputsParams:
+    """The external files a variant reads, each tracked by content by dvc.yaml's `input@<name>` stage.
+
+    Composed from conf/ (the data and base options that read a file set them to their path); they must name
+    exactly the files that `data.path` and `base.path` name, or a changed file would go unnoticed.
+    """
+
+    data: str | None = None
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("data", "base"):
+            value = getattr(self, key)
+            if value is not None:
+                _require(bool(str(value).strip()), f"inputs.{key}", value, "null or a path")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
+    "inputs": InputsParams,
     "base": BaseParams,
     "train_head": TrainHeadParams,
     "unfreeze": UnfreezeParams,
@@ -243,8 +262,32 @@ def check_params_file(path: str | Path) -> None:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: seed, {', '.join(SECTIONS)}")
     load_seed(path)
-    for name in SECTIONS:
-        load_section(path, name)
+    sections = {name: load_section(path, name) for name in SECTIONS}
+    try:
+        check_inputs(sections["data"], sections["base"], sections["inputs"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_inputs(data: DataParams, base: BaseParams, inputs: InputsParams) -> None:
+    """Every file the stages read is one DVC tracks: `inputs` names exactly `data.path` and `base.path`.
+
+    A params file edited by hand (a path set without its input) would otherwise let DVC serve stale results
+    after the file changes; and a path that no stage reads is refused rather than silently ignored.
+    """
+    if data.source == "digits" and data.path is not None:
+        raise ConfigError(f"data.path = {data.path!r} is not read by data=digits (the embedded default): "
+                          "remove it, or choose data=npz, data=folder or data=cifar10")  # fmt: skip
+    if base.kind in ("glyphs", "random") and base.path is not None:
+        raise ConfigError(f"base.path = {base.path!r} is not read by base={base.kind}: remove it, "
+                          "or choose base=file or base=keras_app")  # fmt: skip
+    for key, path in (("data", data.path), ("base", base.path)):
+        if getattr(inputs, key) != path:
+            raise ConfigError(
+                f"inputs.{key} = {getattr(inputs, key)!r} but {key}.path = {path!r}: they must name the same file, "
+                f"so that DVC tracks what the stages read; recompose params.yaml from conf/ "
+                f"(`python -m stages.compose`, or `dvc exp run -S {key}.path=...`)"
+            )
 
 
 def load_seed(path: str | Path) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from stages import artifacts, cli, model, tracking, training
 from stages.glyphs import render_glyphs
+from stages.input import check_fingerprint
 from stages.params import BaseParams, ConfigError, PretrainParams, load_section, load_seed
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ def check_unfreeze_depth(base: keras.Model, layers: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "out", "metrics")
+    args = cli.parse(argv, __doc__, "input", "out", "metrics")
     params = load_section(args.params, "base")
+    check_fingerprint(artifacts.read_json(args.input), params.path, args.input)
     image_size = load_section(args.params, "data").image_size
     seed = load_seed(args.params)
     tracking.check_store(tracking.tracking_uri(tracking.project_root()))

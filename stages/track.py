@@ -19,12 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def build_record(
-    params: dict, reports: Path, plots: Path, metrics: Path, finetuned: Path, lock: Path, experiment: str
+    params: dict, reports: Path, plots: Path, metrics: Path, finetuned: Path, lock: Path, inputs: Path,
+    experiment: str,
 ) -> tuple[tracking.RunRecord, str]:
     """Gather the run's contents from the recorded outputs; return it with its variant key."""
     flat = flatten(params)
     hashes = tracking.lock_hashes(lock)
-    code = {k: v for k, v in hashes.items() if k.split(":", 1)[1].startswith("stages/")}
     history = artifacts.read_csv(plots / "train_head.csv") + artifacts.read_csv(plots / "finetune.csv")
     final: dict[str, float] = {}
     for name, prefix in (
@@ -38,7 +38,11 @@ def build_record(
             values = artifacts.read_json(path)
             final.update({prefix + k: float(v) for k, v in values.items() if isinstance(v, int | float)})
     exp_name = os.environ.get("DVC_EXP_NAME")
-    tags = {f"dvc.lock.{k}": v for k, v in hashes.items() if k not in code}
+    tags = {f"dvc.lock.{k}": v for k, v in hashes.items() if not k.split(":", 1)[1].startswith("stages/")}
+    for name in ("data", "base"):  # the external inputs' content hashes, "none" for the embedded default
+        fingerprint = inputs / f"{name}.json"
+        if fingerprint.is_file():
+            tags[f"thaw.input.{name}"] = str(artifacts.read_json(fingerprint).get("md5") or "none")
     tags.update({"project": "thaw", "unfreeze.layers": str(flat.get("unfreeze.layers")),
                  "finetune.lr": str(flat.get("finetune.lr"))})  # fmt: skip
     if commit := tracking.git_commit(Path.cwd()):
@@ -60,16 +64,18 @@ def build_record(
         "history": [plots / "train_head.csv", plots / "finetune.csv", plots / "confusion.csv"],
     }
     record = tracking.RunRecord(experiment, run_name, flat, history, final, tags, files)
-    return record, tracking.variant_key(flat, code)
+    # Keyed on content: every param and every hash in dvc.lock (code, input fingerprints, data, models,
+    # metrics), so a variant whose data or results changed is a new run, never a stale one.
+    return record, tracking.variant_key(flat, hashes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "out")
+    args = cli.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs", "out")
     tracking_params = load_section(args.params, "tracking")
     experiment = tracking_params.experiment
     record, variant = build_record(
         read_params(args.params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
-        Path(args.lock), experiment,
+        Path(args.lock), Path(args.inputs), experiment,
     )  # fmt: skip
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)

@@ -90,9 +90,10 @@ def lock_hashes(lock_path: str | Path, skip_stages: Iterable[str] = ("track",)) 
     return hashes
 
 
-def variant_key(flat_params: Mapping[str, Any], code_hashes: Mapping[str, str]) -> str:
-    """A stable id of the pipeline variant: every param plus the hash of every stage's code."""
-    payload = json.dumps({"params": flat_params, "code": code_hashes}, sort_keys=True, default=str)
+def variant_key(flat_params: Mapping[str, Any], content_hashes: Mapping[str, str]) -> str:
+    """A stable id of the pipeline variant: every param plus the content hash of every dependency and output
+    (code, inputs, data, models, metrics), so equal keys mean equal inputs and equal results."""
+    payload = json.dumps({"params": flat_params, "content": content_hashes}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

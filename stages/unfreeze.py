@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stages import artifacts, cli
-from stages.freezing import BASE_NAME, parse_table, thaw_saved_model, thaw_table
+from stages.freezing import BASE_NAME, parse_table, table_with_flags, thaw_saved_model, thaw_table
 from stages.params import ConfigError, load_section
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(argv, __doc__, "model", "frozen_layers", "features", "out", "layers", "metrics", "flow")
     layers = load_section(args.params, "unfreeze").layers
     frozen = parse_table(artifacts.read_csv(args.frozen_layers))
-    thawed, table = unfreeze(frozen, layers)
+    intended, _ = unfreeze(frozen, layers)
+    weighted = [row["layer"] for row in frozen if row["part"] == BASE_NAME]
+    # What is reported comes from the model as written (read back and checked), not from the intent.
+    flags = thaw_saved_model(args.model, args.out, weighted, intended)
+    table = table_with_flags(frozen, flags)
+    thawed = [name for name in weighted if flags[name]]
     log.info("unfroze %d base layers: %s", len(thawed), ", ".join(thawed) or "(none)")
     features = artifacts.read_npz(args.features)["features"]
-    weighted = [row["layer"] for row in frozen if row["part"] == BASE_NAME]
-    thaw_saved_model(args.model, args.out, weighted, thawed)
     artifacts.write_csv(args.layers, table)
     artifacts.write_json(args.metrics, summary(table))
     artifacts.write_json(args.flow, flow_row(features.shape[1:], thawed, len(features)))

@@ -47,7 +47,9 @@ def test_extract_features_is_float32_and_deterministic():
     first = model.extract_features(base, images, batch_size=2)
     assert first.dtype == np.float32
     assert first.shape == (5, 4, 4, 8)
-    np.testing.assert_array_equal(first, model.extract_features(base, images, batch_size=4))
+    np.testing.assert_array_equal(first, model.extract_features(base, images, batch_size=2))
+    # Another batch size may take another kernel path: equal up to float rounding, not bit for bit.
+    np.testing.assert_allclose(first, model.extract_features(base, images, batch_size=4), rtol=1e-5, atol=1e-6)
 
 
 def test_build_head_outputs_a_softmax_over_the_classes():
