@@ -5,6 +5,7 @@ Runs the pipeline's own functions in-process with the values of params.yaml (onl
 vary) and prints a Markdown table of test accuracies.
 
     python benchmarks/ablation.py [--params params.yaml] [--seeds 42 43 44]
+    python benchmarks/ablation.py --smoke      # tiny data and epochs, one seed: seconds, for CI
 """
 
 from __future__ import annotations
@@ -16,22 +17,30 @@ import time
 
 from stages import model, training
 from stages.finetune import finetune
-from stages.freezing import freeze
+from stages.freezing import freeze, unfreeze_top_layers
 from stages.ingest import ingest
 from stages.normalize import normalize
 from stages.params import load_section
 from stages.pretrain_base import prepare_base
 from stages.train_head import train_head
-from stages.unfreeze import unfreeze
+
+# --smoke: the end-to-end tests' tiny sizes, so CI runs every line of the script in seconds.
+SMOKE = {"rows": 60, "pretrain": {"classes": 4, "per_class": 8, "epochs": 1}, "epochs": 1}
 
 
-def run_variant(params_file: str, kind: str, seed: int) -> dict[str, float]:
+def run_variant(params_file: str, kind: str, seed: int, smoke: bool = False) -> dict[str, float]:
     """Head test accuracy, and test accuracy after fine-tuning, for one base kind and seed."""
     data = load_section(params_file, "data")
     base_params = dataclasses.replace(load_section(params_file, "base"), kind=kind)
     head_params = load_section(params_file, "train_head")
     ft_params = load_section(params_file, "finetune")
     layers = load_section(params_file, "unfreeze").layers
+    if smoke:
+        data = dataclasses.replace(data, rows=SMOKE["rows"])
+        pretrain = dataclasses.replace(base_params.pretrain, **SMOKE["pretrain"])
+        base_params = dataclasses.replace(base_params, pretrain=pretrain)
+        head_params = dataclasses.replace(head_params, epochs=SMOKE["epochs"])
+        ft_params = dataclasses.replace(ft_params, epochs=SMOKE["epochs"])
 
     raw = ingest(data.source, data.path, data.rows, data.image_size, data.resize,
                  data.val_fraction, data.test_fraction, seed)  # fmt: skip
@@ -43,7 +52,7 @@ def run_variant(params_file: str, kind: str, seed: int) -> dict[str, float]:
     head, history = train_head(features, labels, split, len(raw["class_names"]), head_params, seed)
     head_test, _ = training.evaluate(head, features[test], labels[test])
     classifier = model.assemble(base, head)
-    unfreeze(classifier, layers, head_params.lr)
+    unfreeze_top_layers(classifier, layers)
     finetune(classifier, pixels, labels, split, ft_params, len(history) + 1, seed)
     tuned_test, _ = training.evaluate(classifier, pixels[test], labels[test])
     return {"head": head_test["accuracy"], "finetuned": tuned_test["accuracy"]}
@@ -53,13 +62,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--smoke", action="store_true", help="tiny data and epochs, the first seed only (for CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.seeds = args.seeds[:1]
 
     start = time.perf_counter()
     rows = []
     for seed in args.seeds:
-        pretrained = run_variant(args.params, "glyphs", seed)
-        random_init = run_variant(args.params, "random", seed)
+        pretrained = run_variant(args.params, "glyphs", seed, args.smoke)
+        random_init = run_variant(args.params, "random", seed, args.smoke)
         rows.append((seed, pretrained, random_init))
 
     def pct(x: float) -> str:

@@ -3,12 +3,14 @@ versus work, peak memory, the whole pipeline from a clean cache, a no-op `dvc re
 the cached features versus the same head trained through the frozen base (why extract-frozen exists).
 
     python benchmarks/stage_costs.py
+    python benchmarks/stage_costs.py --smoke     # tiny params: seconds, for CI
 
 Runs in a fresh copy of the project (a temporary git + DVC repo) and prints Markdown tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import shutil
@@ -33,12 +35,14 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     return float(seconds), int(kib) // 1024
 
 
-def stage_commands(root: Path) -> dict[str, list[str]]:
+def stage_commands(root: Path) -> dict[str, list[str] | None]:
     """Each stage's command from dvc.yaml, with its `${paths.*}` filled in."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     paths = pipeline["vars"][0]["paths"]
     return {
         name: shlex.split(re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], stage["cmd"]))
+        if "cmd" in stage
+        else None
         for name, stage in pipeline["stages"].items()
     }
 
@@ -102,17 +106,22 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny params (for CI): checks the script, not the costs")
+    args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))  # the project copier is shared with the end-to-end tests
-    from tiny_project import make_tiny_project
+    from tiny_project import TINY_CONF, make_tiny_project
 
     root = Path(tempfile.mkdtemp(prefix="thaw-stage-bench-"))
-    env = make_tiny_project(root, conf_updates={})
+    env = make_tiny_project(root, conf_updates=TINY_CONF if args.smoke else {})
 
     cold, _ = timed(["dvc", "repro"], root, env)
     noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(3))
 
     rows = []
     for name, cmd in stage_commands(root).items():
+        if cmd is None:  # the `input@<name>` stages: the default reads no external file
+            continue
         module = cmd[cmd.index("-m") + 1]
         startup = import_seconds(module, root, env)
         wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC

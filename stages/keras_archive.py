@@ -4,7 +4,7 @@ A `.keras` file is a zip of `config.json` (the architecture, with each layer's `
 `metadata.json` (the Keras version and the save date) and `model.weights.h5`. Keras stamps the save date
 into the metadata and the file times into the zip, so two saves of the same model differ in bytes; every
 archive the pipeline writes goes through `write_pinned` instead, so equal models give equal bytes (and
-equal DVC hashes on every clone).
+equal DVC hashes on every clone). Keras also writes Python object ids into the config; those are renumbered.
 """
 
 from __future__ import annotations
@@ -54,11 +54,29 @@ def keras_version(members: list[tuple[str, bytes, int]], path: str | Path) -> st
     return version
 
 
-def write_pinned(
-    path: str | Path, members: list[tuple[str, bytes, int]], config: dict[str, Any] | None = None
-) -> None:
-    """Write `members` to `path` (atomically) with the save date and file times pinned; `config`, when
-    given, replaces `config.json`."""
+def renumber_shared_objects(config: Any, ids: dict[Any, int] | None = None) -> Any:
+    """`config` with every `shared_object_id` renumbered 1, 2, ... in order of first appearance.
+
+    Keras writes the Python `id()` of each object shared between layers (a memory address, different in
+    every process); the loader only matches equal ids, so consistent small numbers load the same model.
+    """
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "shared_object_id":
+                out[key] = ids.setdefault(value, len(ids) + 1)
+            else:
+                out[key] = renumber_shared_objects(value, ids)
+        return out
+    if isinstance(config, list):
+        return [renumber_shared_objects(value, ids) for value in config]
+    return config
+
+
+def write_pinned(path: str | Path, members: list[tuple[str, bytes, int]], config: dict[str, Any] | None = None) -> None:
+    """Write `members` to `path` (atomically) with the save date, the file times and the shared-object ids
+    pinned; `config`, when given, replaces `config.json`."""
     out = []
     for name, data, compress_type in members:
         if name == METADATA:
@@ -66,8 +84,8 @@ def write_pinned(
             if "date_saved" in metadata:
                 metadata["date_saved"] = PINNED_DATE
             data = json.dumps(metadata).encode()
-        elif name == CONFIG and config is not None:
-            data = json.dumps(config).encode()
+        elif name == CONFIG:
+            data = json.dumps(renumber_shared_objects(json.loads(data) if config is None else config)).encode()
         out.append((name, data, compress_type))
     write_zip(path, out)
 

@@ -19,7 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def build_record(
-    params: dict, reports: Path, plots: Path, metrics: Path, finetuned: Path, lock: Path, inputs: Path,
+    params: dict,
+    reports: Path,
+    plots: Path,
+    metrics: Path,
+    finetuned: Path,
+    lock: Path,
+    inputs: Path,
     experiment: str,
 ) -> tuple[tracking.RunRecord, str]:
     """Gather the run's contents from the recorded outputs; return it with its variant key."""
@@ -70,7 +76,7 @@ def build_record(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs", "out")
+    args = cli.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs", "variant", "out")
     tracking_params = load_section(args.params, "tracking")
     experiment = tracking_params.experiment
     record, variant = build_record(
@@ -85,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     log.info("tracked run %s in %s (experiment %r)", result["run_id"], uri, experiment)
     artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
+    artifacts.write_json(args.variant, {"experiment": experiment, "variant": variant})
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from stages import compose
 from stages.compose import compose_params
-from stages.params import SECTIONS, ConfigError, load_section, load_seed
+from stages.params import SECTIONS, ConfigError, check_params_file, load_section, load_seed
 
 # Config-group options whose `path` is `???` or needed by the schema: they compose, but must be given a path.
-NEEDS_PATH = {("data", "folder"), ("data", "npz"), ("base", "file"), ("base", "keras_app")}
+NEEDS_PATH = {("data", "cifar10"), ("data", "folder"), ("data", "npz"), ("base", "file"), ("base", "keras_app")}
 
 
 def group_options(group: str) -> list[str]:
@@ -25,6 +25,7 @@ def validate_all(tmp_path: Path, text: str) -> dict[str, object]:
     """Write the composed text and read every section back the way the stages do."""
     path = tmp_path / "params.yaml"
     path.write_text(text, encoding="utf-8")
+    check_params_file(path)  # every section, and the inputs against the paths
     sections: dict[str, object] = {name: load_section(path, name) for name in SECTIONS}
     sections["seed"] = load_seed(path)
     return sections
@@ -60,18 +61,29 @@ def test_committed_params_sections_match_the_schemas(project_root: Path) -> None
         (["base=random"], {("base", "kind"): "random", ("base", "path"): None}),
         (
             ["data=npz", "data.path=x.npz"],
-            {("data", "source"): "npz", ("data", "path"): "x.npz", ("data", "rows"): None},
+            {("data", "source"): "npz", ("data", "path"): "x.npz", ("data", "rows"): None, ("inputs", "data"): "x.npz"},
         ),
         (["unfreeze.layers=3"], {("unfreeze", "layers"): 3}),
         (
             ["data=folder", "data.path=images", "data.rows=200"],
             {("data", "source"): "folder", ("data", "resize"): True, ("data", "rows"): 200},
         ),
-        (["data=cifar10"], {("data", "source"): "cifar10", ("data", "path"): None}),
-        (["base=file", "base.path=base.keras"], {("base", "kind"): "file", ("base", "path"): "base.keras"}),
+        (
+            ["data=cifar10", "data.path=/c/cifar-10-python.tar.gz"],
+            {("data", "source"): "cifar10", ("inputs", "data"): "/c/cifar-10-python.tar.gz", ("inputs", "base"): None},
+        ),
+        (
+            ["base=file", "base.path=base.keras"],
+            {("base", "kind"): "file", ("base", "path"): "base.keras", ("inputs", "base"): "base.keras"},
+        ),
         (
             ["base=keras_app", "base.path=weights.h5"],
-            {("base", "kind"): "keras_app", ("base", "application"): "MobileNetV2", ("base", "path"): "weights.h5"},
+            {
+                ("base", "kind"): "keras_app",
+                ("base", "application"): "MobileNetV2",
+                ("base", "path"): "weights.h5",
+                ("inputs", "base"): "weights.h5",
+            },
         ),
         (
             ["finetune.lr=0.001", "train_head.epochs=3", "seed=7"],
@@ -86,7 +98,7 @@ def test_overrides_compose_and_validate(
     text = compose_params(project_root / "conf", overrides)
     raw = yaml.safe_load(text)
     for (section, key), value in expected.items():
-        assert raw[section][key] == value, (section, key)
+        assert raw[section].get(key) == value, (section, key)
     sections = validate_all(tmp_path, text)
     for (section, key), value in expected.items():
         assert getattr(sections[section], key) == value, (section, key)
@@ -152,13 +164,13 @@ def test_options_that_need_a_path_fail_validation_without_one(
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"{group}\.path( = None is not allowed|: a value must be supplied)"):
         load_section(path, group)
-    # The other sections are still fine.
+    # The other sections are still fine (but `inputs`, which names the same missing path).
     for name in SECTIONS:
-        if name != group:
+        if name not in (group, "inputs"):
             load_section(path, name)
 
 
-@pytest.mark.parametrize("option", ["folder", "npz"])
+@pytest.mark.parametrize("option", ["cifar10", "folder", "npz"])
 def test_data_options_keep_the_must_supply_marker(project_root: Path, option: str) -> None:
     raw = yaml.safe_load(compose_params(project_root / "conf", [f"data={option}"]))
     assert raw["data"]["path"] == "???"

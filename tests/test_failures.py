@@ -3,6 +3,7 @@ params file, an unfreeze depth the base cannot take. Each is caught before any t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from stages import tracking
+from stages.input import NO_INPUT
 from stages.params import ConfigError, check_params_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +24,18 @@ def params_file(tmp_path: Path, **changes: dict) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in changes.items():
         data.setdefault(section, {}).update(values)
+    data["inputs"] = {key: data[key]["path"] for key in ("data", "base") if data[key].get("path")}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def fingerprint_file(tmp_path: Path, path: str | None = None) -> str:
+    """The fingerprint an `input@<name>` stage would have left for `path` (none: the committed default)."""
+    out = tmp_path / "inputs" / "fingerprint.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"kind": "file", "path": path} if path else NO_INPUT))
+    return str(out)
 
 
 def test_an_unreachable_tracking_server_fails_fast_with_the_fix():
@@ -77,7 +88,8 @@ def test_a_stage_that_does_not_read_the_bad_key_still_refuses_to_run(tmp_path):
     bad = params_file(tmp_path, finetune={"lr": 0})
     out = tmp_path / "raw.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.ingest", "--params", str(bad), "--out", str(out), "--flow", str(tmp_path / "f.json")],
+        [sys.executable, "-m", "stages.ingest", "--params", str(bad), "--input", fingerprint_file(tmp_path),
+         "--out", str(out), "--flow", str(tmp_path / "f.json")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
@@ -96,7 +108,8 @@ def test_an_unfreeze_depth_beyond_the_base_is_rejected_before_pretraining(tmp_pa
         ConfigError,
         match=r"unfreeze\.layers = 9 .* conv1, conv2, conv3, conv4; BatchNorm stays frozen\); choose 0\.\.4",
     ):
-        pretrain_base.main(["--params", str(params), "--out", str(out), "--metrics", str(tmp_path / "m.json")])
+        pretrain_base.main(["--params", str(params), "--input", fingerprint_file(tmp_path), "--out", str(out),
+                            "--metrics", str(tmp_path / "m.json")])  # fmt: skip
     assert time.monotonic() - start < 10  # pretraining the default base takes longer than this
     assert not out.exists() and not (tmp_path / ".thaw").exists()
 
@@ -129,5 +142,14 @@ def test_a_missing_base_model_file_names_the_key(tmp_path, monkeypatch):
     params = params_file(tmp_path, base={"kind": "file", "path": str(tmp_path / "nope.keras")})
     with pytest.raises(ConfigError, match=r"base\.path = .*nope\.keras.*no such model file"):
         pretrain_base.main(
-            ["--params", str(params), "--out", str(tmp_path / "b.keras"), "--metrics", str(tmp_path / "m")]
+            [
+                "--params",
+                str(params),
+                "--input",
+                fingerprint_file(tmp_path, str(tmp_path / "nope.keras")),
+                "--out",
+                str(tmp_path / "b.keras"),
+                "--metrics",
+                str(tmp_path / "m"),
+            ]
         )

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
+from stages.input import NO_INPUT
+
 ROWS = 100
 
 
@@ -29,6 +31,11 @@ def write_params(project_root: Path, workdir: Path, **data: Any) -> Path:
     """The repository's params.yaml with data.rows shrunk (and any other data.* keys changed)."""
     params = yaml.safe_load((project_root / "params.yaml").read_text(encoding="utf-8"))
     params["data"].update({"rows": ROWS, **data})
+    params["inputs"] = {"data": params["data"]["path"]} if params["data"].get("path") else {}
+    # The fingerprint the `input@data` stage would have left (ingest checks that it is of data.path).
+    (workdir / "inputs").mkdir(parents=True, exist_ok=True)
+    fingerprint = {"kind": "file", "path": params["data"]["path"]} if params["data"].get("path") else NO_INPUT
+    (workdir / "inputs" / "data.json").write_text(json.dumps(fingerprint), encoding="utf-8")
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
@@ -46,7 +53,10 @@ def run_stage(project_root: Path, workdir: Path, module: str, *args: str) -> sub
 
 
 def ingest(project_root: Path, workdir: Path, out: str = "data/raw/dataset.npz") -> subprocess.CompletedProcess[str]:
-    return run_stage(project_root, workdir, "stages.ingest", "--out", out, "--flow", "reports/flow/ingest.json")
+    return run_stage(
+        project_root, workdir, "stages.ingest", "--input", "inputs/data.json", "--out", out,
+        "--flow", "reports/flow/ingest.json",
+    )  # fmt: skip
 
 
 def normalize(project_root: Path, workdir: Path, raw: str = "data/raw/dataset.npz") -> subprocess.CompletedProcess[str]:
@@ -206,7 +216,7 @@ NO_HEAVY_IMPORTS = textwrap.dedent(
     import sys
 
     for argv in (
-        ["ingest", "--out", "raw.npz", "--flow", "flow/ingest.json"],
+        ["ingest", "--input", "inputs/data.json", "--out", "raw.npz", "--flow", "flow/ingest.json"],
         ["normalize", "--raw", "raw.npz", "--out", "normalized.npz", "--flow", "flow/normalize.json"],
     ):
         sys.argv = argv

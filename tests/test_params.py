@@ -21,6 +21,7 @@ from stages.params import (
     TrackingParams,
     TrainHeadParams,
     UnfreezeParams,
+    check_params_file,
     flatten,
     load_section,
     load_seed,
@@ -57,6 +58,9 @@ def test_committed_params_file_is_valid(project_root: Path) -> None:
     # The committed file lists every key of every schema (no section relies on a silent default).
     raw = read_params(path)
     for name, schema in SECTIONS.items():
+        if name == "inputs":  # names only the files a variant reads: none in the default
+            assert raw[name] == {}
+            continue
         assert set(raw[name]) == {f.name for f in dataclasses.fields(schema)}, name
 
 
@@ -234,14 +238,14 @@ def test_file_sources_need_a_path(tmp_path: Path, source: str, path: str | None)
         load(tmp_path, "data", {"source": source, "path": path})
 
 
-@pytest.mark.parametrize("source", ["folder", "npz"])
+@pytest.mark.parametrize("source", ["cifar10", "folder", "npz"])
 def test_file_sources_without_path_key(tmp_path: Path, source: str) -> None:
     with pytest.raises(ConfigError, match=r"data\.path"):
         load(tmp_path, "data", {"source": source})
 
 
 @pytest.mark.parametrize(
-    ("source", "path"), [("folder", "images"), ("npz", "x.npz"), ("cifar10", None), ("digits", None)]
+    ("source", "path"), [("folder", "images"), ("npz", "x.npz"), ("cifar10", "cifar.tar.gz"), ("digits", None)]
 )
 def test_sources_with_what_they_need_pass(tmp_path: Path, source: str, path: str | None) -> None:
     data = load(tmp_path, "data", {"source": source, "path": path})
@@ -420,3 +424,38 @@ def test_flatten_of_the_committed_params(project_root: Path) -> None:
     assert "finetune.lr" in flat
     assert "base.pretrain.epochs" in flat
     assert all(not isinstance(value, dict) for value in flat.values())
+
+
+# inputs: every file a stage reads is one DVC tracks -----------------------------------------------------------
+
+
+def committed_with(tmp_path: Path, **sections: dict) -> Path:
+    data = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values} if name != "inputs" else values
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sections", "match"),
+    [
+        ({"data": {"source": "npz", "path": "/d/x.npz"}}, r"inputs\.data = None but data\.path = '/d/x\.npz'"),
+        ({"data": {"source": "npz", "path": "/d/x.npz"}, "inputs": {"data": "/d/y.npz"}}, r"inputs\.data = '/d/y\.npz'"),
+        ({"inputs": {"data": "/d/x.npz"}}, r"inputs\.data = '/d/x\.npz' but data\.path = None"),
+        ({"data": {"path": "/d/x.npz"}, "inputs": {"data": "/d/x.npz"}}, r"data\.path = '/d/x\.npz' is not read by data=digits"),
+        ({"base": {"path": "/m/b.keras"}, "inputs": {"base": "/m/b.keras"}}, r"base\.path = '/m/b\.keras' is not read by base=glyphs"),
+        ({"base": {"kind": "file", "path": "/m/b.keras"}}, r"inputs\.base = None but base\.path = '/m/b\.keras'.*recompose"),
+    ],
+)  # fmt: skip
+def test_inputs_must_name_exactly_the_paths_the_stages_read(tmp_path: Path, sections: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_params_file(committed_with(tmp_path, **sections))
+
+
+def test_inputs_that_match_the_paths_pass(tmp_path: Path) -> None:
+    check_params_file(committed_with(
+        tmp_path, data={"source": "npz", "path": "/d/x.npz"}, base={"kind": "file", "path": "/m/b.keras"},
+        inputs={"data": "/d/x.npz", "base": "/m/b.keras"},
+    ))  # fmt: skip
