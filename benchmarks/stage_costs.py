@@ -98,9 +98,11 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
             calls.append(time.perf_counter() - start)
         return statistics.median(timer.seconds[1:]), statistics.median(calls)
 
-    head = model.build_head(features["features"].shape[1:], 10, 128, 0.3)
+    p = load_section(root / "params.yaml", "train_head")
+    shape = features["features"].shape[1:]
+    head = model.build_head(shape, len(features["class_names"]), p.units, p.dropout, p.pool)
     cached = epoch(head, features["features"][train], features["labels"][train])
-    through = model.assemble(base, model.build_head(features["features"].shape[1:], 10, 128, 0.3))
+    through = model.assemble(base, model.build_head(shape, len(features["class_names"]), p.units, p.dropout, p.pool))
     slow = epoch(through, pixels["pixels"][train], pixels["labels"][train])
     return {"epoch": (cached[0], slow[0]), "fit call": (cached[1], slow[1])}
 

@@ -21,6 +21,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
+# Split codes, stored per row by ingest. UNLABELLED rows keep their images (features are extracted for
+# them) but no stage trains or evaluates on them: `data.train_per_class` simulates scarce labels.
+TRAIN, VAL, TEST, UNLABELLED = 0, 1, 2, 3
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -238,7 +241,7 @@ def stratified_split(
         n_val = round(len(members) * val_fraction)
         split[members[:n_test]] = 2
         split[members[n_test : n_test + n_val]] = 1
-    for code, name in enumerate(SPLIT_NAMES):
+    for code, name in enumerate(SPLIT_NAMES):  # every class in train, val and test
         missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[split == code]).tolist()))
         if missing:
             raise DataError(
@@ -246,3 +249,21 @@ def stratified_split(
                 "add rows, raise data.rows, or change data.val_fraction / data.test_fraction"
             )
     return split
+
+
+def limit_training_labels(labels: np.ndarray, split: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """The split with all but `per_class` random training rows of each class marked UNLABELLED (None: all
+    kept). Validation and test rows are untouched, so accuracies stay comparable across label budgets."""
+    if per_class is None:
+        return split
+    rng = np.random.default_rng([seed, per_class])
+    out = split.copy()
+    for cls in np.unique(labels):
+        train = np.flatnonzero((labels == cls) & (split == TRAIN))
+        if len(train) < per_class:
+            raise DataError(
+                f"data.train_per_class = {per_class} but class {int(cls)} has only {len(train)} training rows: "
+                "lower it, raise data.rows, or set it to null (every training row labelled)"
+            )
+        out[rng.permutation(train)[per_class:]] = UNLABELLED
+    return out

@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         classifier = model.load_keras_model(args.model, compile=False)
         history = finetune(classifier, pixels, labels, split, params, first_epoch, seed, checkpoint, steps)
     test, predicted = training.evaluate(classifier, pixels[split == 2], labels[split == 2])
-    metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+    # The row counts let a sweep put a binomial interval on a single seed's accuracies.
+    metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
+               "val_rows": int((split == 1).sum()), "test_rows": int((split == 2).sum())}  # fmt: skip
     metrics.update({k: v for k, v in history[-1].items() if k not in ("epoch", "phase")})
     log.info("fine-tuned: val_accuracy %.3f, test_accuracy %.3f", metrics["val_accuracy"], test["accuracy"])
     confusion = [

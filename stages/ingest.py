@@ -26,13 +26,16 @@ def ingest(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    train_per_class: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Load, validate, subsample and split; return the arrays of the raw dataset."""
+    """Load, validate, subsample and split (keeping `train_per_class` training labels per class, if set);
+    return the arrays of the raw dataset."""
     dataset = datasources.load_source(source, path, image_size, resize)
     datasources.validate(dataset, image_size, where=path or source)
     keep = datasources.subsample(dataset.labels, rows, seed)
     labels = dataset.labels[keep]
     split = datasources.stratified_split(labels, dataset.class_names, val_fraction, test_fraction, seed)
+    split = datasources.limit_training_labels(labels, split, train_per_class, seed)
     return {
         "images": dataset.images[keep],
         "labels": labels,
@@ -62,11 +65,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_fingerprint(artifacts.read_json(args.input), data.path, args.input)
     raw = ingest(
         data.source, data.path, data.rows, data.image_size, data.resize,
-        data.val_fraction, data.test_fraction, load_seed(args.params),
+        data.val_fraction, data.test_fraction, load_seed(args.params), data.train_per_class,
     )  # fmt: skip
-    counts = np.bincount(raw["split"], minlength=3)
+    counts = np.bincount(raw["split"], minlength=4)
     log.info(
-        "ingested %d rows, %d classes; train/val/test = %s",
+        "ingested %d rows, %d classes; train/val/test/unlabelled = %s",
         len(raw["labels"]),
         len(raw["class_names"]),
         counts,

@@ -1,4 +1,6 @@
-"""leaderboard: print the runs of a sweep (or of every pipeline run) ranked by a metric, read from MLflow.
+"""leaderboard: print a sweep (or every pipeline run) read from MLflow, one row per (unfreeze.layers,
+finetune.lr) with its seeds' mean and 95 % interval, ranked by a validation metric; `near_best` marks the
+rows indistinguishable from the best.
 
 python -m stages.leaderboard                       # every run of the experiment
 python -m stages.leaderboard --sweep depth-lr      # one sweep
@@ -34,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         experiment = client.get_experiment_by_name(args.experiment)
         if experiment is None:
             raise SystemExit(f"no experiment {args.experiment!r} in {uri}: run the pipeline first (dvc repro)")
-        rows = sweeps.leaderboard_rows(sweeps.points(client, experiment.experiment_id, args.sweep, args.metric))
+        ranked = sweeps.points(client, experiment.experiment_id, args.sweep, args.metric)
+        rows = sweeps.leaderboard_rows(sweeps.cells(ranked, args.metric))
     print(sweeps.format_table(rows))
 
 

@@ -78,10 +78,15 @@ def save_model(model: keras.Model, path: str | Path) -> None:
         keras_archive.pin(tmp, tmp)  # in place, before the rename publishes it
 
 
-def build_head(feature_shape: tuple[int, ...], num_classes: int, units: int, dropout: float) -> keras.Model:
-    """Global average pooling, one hidden dense layer, dropout, softmax over the classes."""
+def build_head(
+    feature_shape: tuple[int, ...], num_classes: int, units: int, dropout: float, pool: int = 2
+) -> keras.Model:
+    """`pool` x `pool` average pooling over the feature map (a smaller map is pooled whole), flattened, one
+    hidden dense layer, dropout, softmax over the classes. Pooling over the whole map (global average pooling)
+    would discard where a feature fired, much of what tells one digit's strokes from another's."""
     inputs = keras.Input(feature_shape, name="features")
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(inputs)
+    x = keras.layers.AveragePooling2D(min(pool, *feature_shape[:2]), name="pool")(inputs)
+    x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(dropout, seed=0, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
@@ -108,6 +113,23 @@ def compile_classifier(model: keras.Model, lr: float, steps_per_execution: int =
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
+
+
+def recalibrate_batchnorm(base: keras.Model, images: np.ndarray, batch_size: int = 256) -> None:
+    """Set each BatchNorm's moving mean and variance to the statistics of its inputs over `images`, bottom
+    to top (each layer sees the layers below it already recalibrated).
+
+    A randomly initialised base keeps BatchNorm's initial statistics (mean 0, variance 1), which scale its
+    features far from what its layers produce; a fair random-base control recalibrates them on the
+    target's training images first (no labels used).
+    """
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            probe = keras.Model(base.inputs, layer.input)
+            x = np.asarray(probe.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+            axes = tuple(range(x.ndim - 1))
+            layer.moving_mean.assign(x.mean(axis=axes).astype(np.float32))
+            layer.moving_variance.assign(x.var(axis=axes).astype(np.float32))
 
 
 def extract_features(base: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

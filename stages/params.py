@@ -47,6 +47,7 @@ class DataParams:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     resize: bool = False
+    train_per_class: int | None = 10  # labelled training rows per class; the rest of train is unlabelled
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {list(DATA_SOURCES)}")
@@ -55,6 +56,9 @@ class DataParams:
         if self.rows is not None:
             _require(self.rows >= 10, "data.rows", self.rows, "an integer >= 10, or null for all rows")
         _require(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        if self.train_per_class is not None:
+            _require(self.train_per_class >= 1, "data.train_per_class", self.train_per_class,
+                     "an integer >= 1, or null for every training row")  # fmt: skip
         _fraction("data.val_fraction", self.val_fraction)
         _fraction("data.test_fraction", self.test_fraction)
         _require(
@@ -72,7 +76,7 @@ class PretrainParams:
     classes: int = 26
     per_class: int = 100
     epochs: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -108,13 +112,15 @@ class BaseParams:
 
 @dataclass
 class TrainHeadParams:
+    pool: int = 2  # average-pooling window over the feature map before flattening (its size: global pooling)
     units: int = 128
     dropout: float = 0.3
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 32
+    epochs: int = 15
+    lr: float = 3e-3
+    batch_size: int = 16
 
     def __post_init__(self) -> None:
+        _require(self.pool >= 1, "train_head.pool", self.pool, "an integer >= 1 (the feature map's size: global)")
         _require(self.units >= 1, "train_head.units", self.units, "an integer >= 1")
         _require(0 <= self.dropout < 1, "train_head.dropout", self.dropout, "a number in [0, 1)")
         _require(self.epochs >= 1, "train_head.epochs", self.epochs, "an integer >= 1")
@@ -133,8 +139,8 @@ class UnfreezeParams:
 @dataclass
 class FinetuneParams:
     epochs: int = 8
-    lr: float = 3e-4
-    batch_size: int = 32
+    lr: float = 1e-4
+    batch_size: int = 16
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")

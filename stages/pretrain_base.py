@@ -31,10 +31,16 @@ def pretrain_on_glyphs(
     seed: int,
     checkpoint: training.Checkpoint | None = None,
     steps_per_execution: int = 1,
+    shuffled_labels: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history."""
+    """Train `base` (plus a throw-away softmax over the letters) on rendered letters; return the history.
+
+    `shuffled_labels` trains on the same images with their labels permuted: the ablation's control for
+    whether the source task matters, or only the training.
+    """
     glyphs = render_glyphs(pretrain.classes, pretrain.per_class, image_size, seed)
     pixels = glyphs.images.astype(np.float32) / np.float32(255.0)
+    labels = np.random.default_rng(seed).permutation(glyphs.labels) if shuffled_labels else glyphs.labels
     n_val = max(pretrain.classes, len(pixels) // 10)
     source_model = keras.Sequential(
         [
@@ -47,8 +53,8 @@ def pretrain_on_glyphs(
     model.compile_classifier(source_model, pretrain.lr, steps_per_execution)
     return training.fit(
         source_model,
-        (pixels[n_val:], glyphs.labels[n_val:]),
-        (pixels[:n_val], glyphs.labels[:n_val]),
+        (pixels[n_val:], labels[n_val:]),
+        (pixels[:n_val], labels[:n_val]),
         pretrain.epochs,
         pretrain.batch_size,
         seed,

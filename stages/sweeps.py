@@ -1,7 +1,9 @@
 """Sweeps in MLflow: a parent run per sweep, its points nested under it, a leaderboard and a heatmap.
 
 Both ways into a sweep (DVC's queue, Hydra's multirun) tag every point's run with `thaw.sweep`; this module
-groups those runs, ranks them, and logs the summary (best point, leaderboard, heatmap) to the parent run.
+groups those runs into cells, one per (unfreeze.layers, finetune.lr) with every seed swept in it, ranks the
+cells by the validation metric with a 95 % interval each (`stages.intervals`), marks the cells that cannot be
+told apart from the best, and logs the summary (best cell, leaderboard, heatmap) to the parent run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from stages.artifacts import atomic_path, write_csv, write_text
+from stages.intervals import Interval, accuracy_interval, indistinguishable
 from stages.reporting import markdown_table
 from stages.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, ensure_experiment, find_sweep_parent, store_lock
 
@@ -79,18 +82,77 @@ def sweep_overrides(ranked: Sequence[Point]) -> dict[str, str]:
     return {p.run_id: " ".join(f"{k}={p.params.get(k)}" for k in keys) for p in ranked}
 
 
-def leaderboard_rows(ranked: Sequence[Point]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one (unfreeze.layers, finetune.lr) point, over every seed swept, with their intervals."""
+
+    layers: str
+    lr: str
+    points: tuple[Point, ...]  # best first
+    score: float  # the mean of the ranking metric
+    val: Interval | None
+    test: Interval | None
+    near_best: bool = False  # its validation interval overlaps the best cell's
+
+
+def format_lr(lr: str) -> str:
+    """A learning rate for people: 7.5e-05, 0.001."""
+    try:
+        return f"{float(lr):.2g}"
+    except ValueError:
+        return lr
+
+
+def _rows(points: Sequence[Point], key: str) -> int | None:
+    rows = {int(p.metrics[key]) for p in points if key in p.metrics}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def cells(ranked: Sequence[Point], metric: str = "val_accuracy") -> list[Cell]:
+    """Group runs by (unfreeze.layers, finetune.lr), best `metric` mean first; mark the cells whose
+    validation-accuracy interval overlaps the best cell's. Test accuracy is shown, never used to rank."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in ranked:
+        groups.setdefault((p.layers, p.lr), []).append(p)
+    lower_is_better = metric.endswith("loss")
+    worst = float("inf") if lower_is_better else float("-inf")
+    built = []
+    for (layers, lr), members in groups.items():
+        scores = [p.metrics[metric] for p in members if metric in p.metrics]
+        val = accuracy_interval([p.metrics["val_accuracy"] for p in members if "val_accuracy" in p.metrics],
+                                _rows(members, "val_rows"))  # fmt: skip
+        test = accuracy_interval([p.metrics["test_accuracy"] for p in members if "test_accuracy" in p.metrics],
+                                 _rows(members, "test_rows"))  # fmt: skip
+        score = sum(scores) / len(scores) if scores else worst
+        built.append(Cell(layers, lr, tuple(members), score, val, test))
+    built.sort(key=lambda c: c.score, reverse=not lower_is_better)
+    best = built[0].val if built else None
+    return [Cell(c.layers, c.lr, c.points, c.score, c.val, c.test, i == 0 or indistinguishable(best, c.val))
+            for i, c in enumerate(built)]  # fmt: skip
+
+
+def leaderboard_rows(ranked_cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """One row per cell: its settings, seeds, validation and test accuracy with 95 % intervals."""
     return [
         {
             "rank": i,
-            "run": p.name,
-            "unfreeze.layers": p.layers,
-            "finetune.lr": p.lr,
-            **{m: f"{p.metrics[m]:.4f}" if m in p.metrics else "" for m in LEADERBOARD_METRICS},
-            "run_id": p.run_id,
+            "run": c.points[0].name,
+            "unfreeze.layers": c.layers,
+            "finetune.lr": format_lr(c.lr),
+            "seeds": len(c.points),
+            "val_accuracy": str(c.val) if c.val else "",
+            "test_accuracy": str(c.test) if c.test else "",
+            "head_test_accuracy": _mean(c.points, "head_test_accuracy"),
+            "near_best": "yes" if c.near_best else "",
+            "run_id": c.points[0].run_id,
         }
-        for i, p in enumerate(ranked, start=1)
+        for i, c in enumerate(ranked_cells, start=1)
     ]
+
+
+def _mean(points: Sequence[Point], key: str) -> str:
+    values = [p.metrics[key] for p in points if key in p.metrics]
+    return f"{sum(values) / len(values):.3f}" if values else ""
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -104,34 +166,41 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(ranked: Sequence[Point], path: str | Path) -> None:
-    """Validation and test accuracy over (unfrozen layers x fine-tune learning rate)."""
+def plot_heatmap(ranked_cells: Sequence[Cell], path: str | Path) -> None:
+    """Validation and test accuracy over (unfreeze.layers x finetune.lr): each cell's mean and 95 % interval;
+    `*` marks the cells indistinguishable from the best by validation accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    layers = sorted({p.layers for p in ranked}, key=lambda v: float(v) if v.replace(".", "").isdigit() else 0)
-    lrs = sorted({p.lr for p in ranked}, key=float)
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(lrs) * 2, 1.5 + 0.7 * len(layers)), dpi=100)
-    for ax, metric in zip(axes, ("val_accuracy", "test_accuracy"), strict=True):
+    layers = sorted({c.layers for c in ranked_cells}, key=lambda v: float(v) if v.replace(".", "").isdigit() else 0)
+    lrs = sorted({c.lr for c in ranked_cells}, key=float)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(lrs) * 2, 1.8 + 0.9 * len(layers)), dpi=100)
+    for ax, name in zip(axes, ("val_accuracy", "test_accuracy"), strict=True):
         grid = np.full((len(layers), len(lrs)), np.nan)
-        for p in ranked:  # several runs of one cell (repeats): keep the best
-            i, j = layers.index(p.layers), lrs.index(p.lr)
-            if metric in p.metrics:
-                grid[i, j] = np.nanmax([grid[i, j], p.metrics[metric]])
+        labels: dict[tuple[int, int], str] = {}
+        for c in ranked_cells:
+            interval = c.val if name == "val_accuracy" else c.test
+            if interval is None:
+                continue
+            i, j = layers.index(c.layers), lrs.index(c.lr)
+            grid[i, j] = interval.mean
+            mark = "*" if c.near_best else ""
+            labels[(i, j)] = f"{interval.mean:.3f}{mark}\n[{interval.low:.2f}, {interval.high:.2f}]"
         image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, aspect="auto")
-        ax.set_xticks(range(len(lrs)), lrs)
+        ax.set_xticks(range(len(lrs)), [format_lr(lr) for lr in lrs])
         ax.set_yticks(range(len(layers)), layers)
         ax.set_xlabel("finetune.lr")
         ax.set_ylabel("unfreeze.layers")
-        ax.set_title(metric)
-        for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white")
+        ax.set_title(f"{name}: mean [95 % interval]")
+        for (i, j), text in labels.items():
+            ax.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
         fig.colorbar(image, ax=ax)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, "* indistinguishable from the best by validation accuracy (95 % intervals overlap)",
+             fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -151,22 +220,40 @@ def _summarize(client: Any, experiment: str, sweep: str, metric: str) -> list[di
     experiment_id = ensure_experiment(client, experiment, artifact_root=None)
     parent = ensure_sweep_parent(client, experiment_id, sweep)
     ranked = points(client, experiment_id, sweep, metric)
-    rows = leaderboard_rows(ranked)
+    ranked_cells = cells(ranked, metric)
+    rows = leaderboard_rows(ranked_cells)
     overrides = sweep_overrides(ranked)
     for p in ranked:  # points tracked before the parent existed (DVC's queue) are nested now
         client.log_batch(p.run_id, tags=[RunTag(PARENT_TAG, parent), RunTag("thaw.overrides", overrides[p.run_id])])
-    if ranked:
-        best = ranked[0]
+    if ranked_cells:
+        best = ranked_cells[0]
+        metrics = [Metric(f"best_{k}", v, 0, 0) for k, v in sorted(best.points[0].metrics.items())
+                   if k in LEADERBOARD_METRICS]  # fmt: skip
+        for name, interval in (("val_accuracy", best.val), ("test_accuracy", best.test)):
+            if interval is not None:  # the best cell's mean over its seeds and its 95 % interval
+                metrics += [Metric(f"best_cell_{name}_{part}", value, 0, 0)
+                            for part, value in (("mean", interval.mean), ("low", interval.low),
+                                                ("high", interval.high))]  # fmt: skip
+        near = "; ".join(f"unfreeze.layers={c.layers} finetune.lr={format_lr(c.lr)}"
+                         for c in ranked_cells if c.near_best)  # fmt: skip
         client.log_batch(
             parent,
-            metrics=[Metric(f"best_{k}", v, 0, 0) for k, v in sorted(best.metrics.items()) if k in LEADERBOARD_METRICS],
-            params=[Param("best.unfreeze.layers", best.layers), Param("best.finetune.lr", best.lr)],
-            tags=[RunTag("thaw.best_run_id", best.run_id), RunTag("thaw.points", str(len(ranked)))],
+            metrics=metrics,
+            params=[
+                Param("best.unfreeze.layers", best.layers),
+                Param("best.finetune.lr", best.lr),
+                Param("best.seeds", str(len(best.points))),
+            ],
+            tags=[
+                RunTag("thaw.best_run_id", best.points[0].run_id),
+                RunTag("thaw.points", str(len(ranked))),
+                RunTag("thaw.indistinguishable_from_best", near),
+            ],
         )
         with tempfile.TemporaryDirectory() as tmp:
             write_text(Path(tmp) / "leaderboard.md", markdown_table(list(rows[0]), [list(r.values()) for r in rows]))
             write_csv(Path(tmp) / "leaderboard.csv", rows)
-            plot_heatmap(ranked, Path(tmp) / "heatmap.png")
+            plot_heatmap(ranked_cells, Path(tmp) / "heatmap.png")
             client.log_artifacts(parent, tmp, artifact_path="summary")
     client.set_terminated(parent, status="FINISHED")
     log.info("sweep %s: %d points, best %s", sweep, len(ranked), rows[0]["run"] if rows else "-")

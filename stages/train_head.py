@@ -34,7 +34,7 @@ def train_head(
 ) -> tuple[keras.Model, list[dict[str, Any]]]:
     """Fit a fresh head on the train split of the features, validating on the val split."""
     training.make_deterministic(seed)
-    head = model.build_head(features.shape[1:], num_classes, params.units, params.dropout)
+    head = model.build_head(features.shape[1:], num_classes, params.units, params.dropout, params.pool)
     model.compile_classifier(head, params.lr, steps_per_execution)
     history = training.fit(
         head,

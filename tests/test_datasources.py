@@ -599,3 +599,22 @@ def test_load_source_dispatches(tmp_path: Path) -> None:
 def test_load_source_unknown() -> None:
     with pytest.raises(DataError, match=r"data\.source = 'nope': unknown source"):
         load_source("nope", None, 32, False)
+
+
+# --- scarce labels: data.train_per_class --------------------------------------------------------------------------
+
+
+def test_limit_training_labels_keeps_k_per_class_and_leaves_val_and_test() -> None:
+    from stages.datasources import TRAIN, UNLABELLED, limit_training_labels
+
+    labels = np.repeat(np.arange(3), 10)
+    split = stratified_split(labels, ("a", "b", "c"), 0.2, 0.2, seed=0)
+    limited = limit_training_labels(labels, split, 2, seed=0)
+    for cls in range(3):
+        assert np.sum((labels == cls) & (limited == TRAIN)) == 2
+    assert np.array_equal(limited[split != TRAIN], split[split != TRAIN])  # val and test untouched
+    assert set(np.unique(limited[split == TRAIN])) == {TRAIN, UNLABELLED}
+    assert np.array_equal(limit_training_labels(labels, split, 2, seed=0), limited)  # deterministic
+    assert limit_training_labels(labels, split, None, seed=0) is split
+    with pytest.raises(DataError, match=r"data\.train_per_class = 7 but class 0 has only 6 training rows"):
+        limit_training_labels(labels, split, 7, seed=0)

@@ -122,7 +122,7 @@ def test_layer_table_rows_and_parameter_counts():
         "bn2": (4 * 8, 0),
         "conv3": (3 * 3 * 8 * 8, 3 * 3 * 8 * 8),
         "bn3": (4 * 8, 0),
-        "dense": (8 * 8 + 8, 8 * 8 + 8),
+        "dense": (2 * 2 * 8 * 8 + 8, 2 * 2 * 8 * 8 + 8),  # the 4x4x8 map pooled 2x2, flattened: 32 inputs
         "probabilities": (8 * CLASSES + CLASSES, 8 * CLASSES + CLASSES),
     }
     assert sum(r["params"] for r in rows) == classifier.count_params()

@@ -81,8 +81,9 @@ def test_a_base_file_replaced_in_place_reruns_from_pretrain_base(project) -> Non
     shutil.copy(root / "models/base.keras", base)
     compose(root, env, f"data.path={external / 'digits.npz'}", "data=npz", "data.rows=60", "base=file",
             f"base.path={base}")  # fmt: skip
-    first = run(["dvc", "repro"], root, env)
-    assert stages_run(first) == ["input@base", *AFTER_BASE]
+    first = stages_run(run(["dvc", "repro"], root, env))
+    # The same model as before, now read from a file: what it feeds may be byte-identical and not rerun.
+    assert first[:2] == ["input@base", "pretrain-base"] and "ingest" not in first and "track" in first
     assert stages_run(run(["dvc", "repro"], root, env)) == []
 
     from stages import model
@@ -109,5 +110,5 @@ def test_a_folder_input_is_tracked_by_content(project) -> None:
     assert stages_run(run(["dvc", "repro", "ingest"], root, env)) == ["input@data", "ingest"]
     assert stages_run(run(["dvc", "repro", "ingest"], root, env)) == []
     Image.new("RGB", (8, 8), (255, 255, 255)).save(folder / "b" / "3.png")  # one image edited
-    assert "input@data" in run(["dvc", "status", "ingest"], root, env)
+    assert "input@data" in run(["dvc", "status", "--with-deps", "ingest"], root, env)
     assert stages_run(run(["dvc", "repro", "ingest"], root, env)) == ["input@data", "ingest"]

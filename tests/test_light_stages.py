@@ -30,7 +30,7 @@ def env_for(project_root: Path) -> dict[str, str]:
 def write_params(project_root: Path, workdir: Path, **data: Any) -> Path:
     """The repository's params.yaml with data.rows shrunk (and any other data.* keys changed)."""
     params = yaml.safe_load((project_root / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update({"rows": ROWS, **data})
+    params["data"].update({"rows": ROWS, "train_per_class": None, **data})
     params["inputs"] = {"data": params["data"]["path"]} if params["data"].get("path") else {}
     # The fingerprint the `input@data` stage would have left (ingest checks that it is of data.path).
     (workdir / "inputs").mkdir(parents=True, exist_ok=True)
@@ -243,3 +243,13 @@ def test_light_stages_do_not_import_tensorflow_keras_or_mlflow(project_root: Pat
     assert "light stages ran without tensorflow, keras or mlflow" in proc.stdout
     assert (tmp_path / "raw.npz").is_file()
     assert (tmp_path / "normalized.npz").is_file()
+
+
+def test_ingest_keeps_train_per_class_labels_and_the_rest_unlabelled(project_root: Path, tmp_path: Path) -> None:
+    write_params(project_root, tmp_path, train_per_class=3)
+    assert_ok(ingest(project_root, tmp_path))
+    with np.load(tmp_path / "data/raw/dataset.npz") as raw:
+        split, labels = raw["split"], raw["labels"]
+    assert len(split) == ROWS  # every image is kept: features are extracted for the unlabelled too
+    assert np.bincount(split, minlength=4).tolist() == [30, 20, 20, 30]
+    assert all(np.sum((labels == c) & (split == 0)) == 3 for c in range(10))

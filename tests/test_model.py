@@ -194,3 +194,23 @@ def test_build_application_base_missing_weights_file(tmp_path: Path):
     missing = tmp_path / "absent.weights.h5"
     with pytest.raises(FileNotFoundError, match=r"absent\.weights\.h5.*not found"):
         model.build_application_base("MobileNetV3Small", str(missing), 32)
+
+
+def test_head_pools_a_small_window_and_a_smaller_map_whole():
+    head = model.build_head((8, 8, 64), num_classes=10, units=16, dropout=0.0, pool=2)
+    assert tuple(head.get_layer("flatten").output.shape) == (None, 4 * 4 * 64)  # where features fired is kept
+    whole = model.build_head((1, 1, 32), num_classes=10, units=16, dropout=0.0, pool=2)  # e.g. MobileNet at 32x32
+    assert tuple(whole.get_layer("flatten").output.shape) == (None, 32)
+
+
+def test_recalibrated_batchnorm_normalizes_its_inputs():
+    keras.utils.set_random_seed(0)
+    base = model.build_conv_base(16, [4, 8])
+    images = np.random.default_rng(0).random((64, 16, 16, 3)).astype(np.float32)
+    model.recalibrate_batchnorm(base, images)
+    for i in (1, 2):
+        probe = keras.Model(base.inputs, base.get_layer(f"bn{i}").output)
+        out = probe.predict(images, verbose=0)
+        gamma_beta_free = out.reshape(-1, out.shape[-1])
+        np.testing.assert_allclose(gamma_beta_free.mean(axis=0), 0.0, atol=1e-2)  # gamma 1, beta 0 at init
+        np.testing.assert_allclose(gamma_beta_free.std(axis=0), 1.0, atol=2e-2)

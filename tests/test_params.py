@@ -322,6 +322,8 @@ def test_base_ranges(tmp_path: Path, raw: dict, match: str) -> None:
     ("section", "raw", "match"),
     [
         ("train_head", {"units": 0}, r"train_head\.units = 0 .*an integer >= 1"),
+        ("train_head", {"pool": 0}, r"train_head\.pool = 0 .*an integer >= 1"),
+        ("data", {"train_per_class": 0}, r"data\.train_per_class = 0 .*an integer >= 1, or null"),
         ("train_head", {"batch_size": 0}, r"train_head\.batch_size = 0 .*an integer >= 1"),
         ("finetune", {"batch_size": -4}, r"finetune\.batch_size = -4 .*an integer >= 1"),
         ("unfreeze", {"layers": -1}, r"unfreeze\.layers = -1 .*an integer >= 0 \(0 trains the head only\)"),

@@ -103,9 +103,32 @@ def test_optuna_search_returns_objectives_to_the_sweeper(project, grid_sweep):
     assert result["best_value"] == max(r.data.metrics["val_accuracy"] for r in points)
 
 
+def test_hydra_sweep_over_seeds_reports_intervals_and_the_near_best(project, grid_sweep):
+    """seed as a sweep axis: each (layers, lr) cell pools its seeds into a mean and a 95 % interval, in the
+    printed leaderboard and on the parent run, and the cells indistinguishable from the best are named."""
+    root, env = project
+    out = run(
+        [sys.executable, "-m", "stages.sweep", "-m", "seed=7,8", "unfreeze.layers=0,1", "sweep.id=seeds",
+         "hydra.launcher.n_jobs=2"],
+        root, env,
+    )  # fmt: skip
+    client, experiment_id = client_for(root)
+    parent, points = children(client, experiment_id, "seeds")
+    assert sorted((r.data.params["seed"], r.data.params["unfreeze.layers"]) for r in points) == [
+        ("7", "0"), ("7", "1"), ("8", "0"), ("8", "1")]  # fmt: skip
+    lines = [line.split() for line in out.splitlines() if line[:1].isdigit() and " [" in line]
+    assert len(lines) == 2 and all(words[4] == "2" for words in lines), out[-2000:]  # two cells, two seeds each
+    summary = client.get_run(parent).data
+    low, mean, high = (summary.metrics[f"best_cell_val_accuracy_{k}"] for k in ("low", "mean", "high"))
+    assert low <= mean <= high and summary.params["best.seeds"] == "2"
+    best = f"unfreeze.layers={summary.params['best.unfreeze.layers']}"
+    assert summary.tags["thaw.indistinguishable_from_best"].startswith(best)
+
+
 def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep):
     root, env = project
-    run(["dvc", "exp", "run", "--queue", "-S", "unfreeze.layers=0,1", "-S", "tracking.sweep=queued"], root, env)
+    run(["dvc", "exp", "run", "--queue", "-S", "unfreeze.layers=0,1", "-S", "seed=42,9", "-S", "tracking.sweep=queued"],
+        root, env)  # fmt: skip
     run(["dvc", "queue", "start", "-j", "2"], root, env)
     deadline = time.monotonic() + 600
     while True:
@@ -114,12 +137,13 @@ def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep):
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
-    assert status.count("Success") == 2, status
+    assert status.count("Success") == 4, status
     table = run([sys.executable, "-m", "stages.leaderboard", "--sweep", "queued", "--summarize"], root, env)
-    assert len([line for line in table.splitlines() if line[:1].isdigit()]) == 2
+    rows = [line.split() for line in table.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 2 and all(words[4] == "2" for words in rows), table  # two cells, two seeds each
     client, experiment_id = client_for(root)
     _, points = children(client, experiment_id, "queued")
-    assert sorted(r.data.params["unfreeze.layers"] for r in points) == ["0", "1"]
+    assert sorted(r.data.params["unfreeze.layers"] for r in points) == ["0", "0", "1", "1"]
 
 
 def free_port() -> int:

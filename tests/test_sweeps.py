@@ -24,15 +24,28 @@ def history(epochs: int = 6, head_epochs: int = 3, best: float = 0.9) -> list[di
     ]  # fmt: skip
 
 
-def log_point(uri: str, root: Path, i: int, layers: int, lr: float, best: float, sweep: str | None) -> str:
+def log_point(
+    uri: str,
+    root: Path,
+    i: int,
+    layers: int,
+    lr: float,
+    best: float,
+    sweep: str | None,
+    seed: int = 42,
+    rows: int | None = None,
+) -> str:
     artifact = root / f"trace{i}.md"
     artifact.write_text(f"point {i}")
+    final = {"test_accuracy": best - 0.01, "head_test_accuracy": 0.8}
+    if rows:
+        final.update(val_rows=rows, test_rows=rows)
     record = tracking.RunRecord(
         experiment="thaw",
         run_name=f"point-{i}",
-        params={"unfreeze.layers": layers, "finetune.lr": lr, "tracking.sweep": sweep},
+        params={"unfreeze.layers": layers, "finetune.lr": lr, "tracking.sweep": sweep, "seed": seed},
         history=history(best=best),
-        final_metrics={"test_accuracy": best - 0.01, "head_test_accuracy": 0.8},
+        final_metrics=final,
         tags={},
         artifacts={"report": [artifact]},
     )
@@ -127,3 +140,39 @@ def test_leaderboard_cli_prints_the_sweep_ranked(tmp_path, capsys, monkeypatch):
     assert lines[2].split()[:2] == ["1", "point-1"] and lines[3].split()[:2] == ["2", "point-0"]
     with pytest.raises(SystemExit, match="no experiment 'other'"):
         leaderboard.main(["--experiment", "other", "--tracking-uri", uri])
+
+
+def test_seeds_of_one_cell_are_grouped_with_intervals_and_the_near_best_marked(tmp_path):
+    """Three seeds per (layers, lr) cell: ranked by the mean validation accuracy, each with its t-interval;
+    cells whose interval overlaps the best's are marked; test accuracy never decides the rank."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cells = {(2, 1e-3): (0.90, 0.92, 0.94), (2, 1e-4): (0.89, 0.91, 0.93), (0, 1e-3): (0.60, 0.61, 0.62)}
+    i = 0
+    for (layers, lr), values in cells.items():
+        for seed, best in zip((1, 2, 3), values, strict=True):
+            log_point(uri, tmp_path, i, layers, lr, best, sweep="seeds", seed=seed)
+            i += 1
+    rows = sweeps.summarize_sweep(uri, "thaw", "seeds")
+    assert [(r["unfreeze.layers"], r["finetune.lr"], r["seeds"]) for r in rows] == [
+        ("2", "0.001", 3), ("2", "0.0001", 3), ("0", "0.001", 3)]  # fmt: skip
+    assert rows[0]["val_accuracy"].startswith("0.920 [0.870, 0.970]")  # mean 0.92, t(2) = 4.303, sd 0.02
+    assert [r["near_best"] for r in rows] == ["yes", "yes", ""]
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(tracking.find_sweep_parent(client, client.get_experiment_by_name("thaw").experiment_id,
+                                                       "seeds"))  # fmt: skip
+    assert parent.data.metrics["best_cell_val_accuracy_mean"] == pytest.approx(0.92)
+    assert parent.data.metrics["best_cell_val_accuracy_low"] == pytest.approx(0.8703, abs=1e-3)
+    assert parent.data.params["best.seeds"] == "3"
+    assert parent.data.tags["thaw.indistinguishable_from_best"] == (
+        "unfreeze.layers=2 finetune.lr=0.001; unfreeze.layers=2 finetune.lr=0.0001"
+    )
+
+
+def test_a_single_seed_gets_a_binomial_interval_and_lrs_read_well(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_point(uri, tmp_path, 0, 1, 7.50195444362012e-05, 0.95, sweep="one", rows=200)
+    log_point(uri, tmp_path, 1, 2, 0.001, 0.70, sweep="one", rows=200)
+    rows = sweeps.summarize_sweep(uri, "thaw", "one")
+    assert rows[0]["finetune.lr"] == "7.5e-05"
+    assert rows[0]["val_accuracy"] == "0.950 [0.910, 0.973]"  # Wilson on 200 validation rows
+    assert [r["near_best"] for r in rows] == ["yes", ""]

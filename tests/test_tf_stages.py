@@ -188,7 +188,7 @@ def test_unfreeze_thaws_the_saved_model_as_keras_would(tmp_path: Path):
     assert unfreeze.summary(table) == {
         "trainable_layers": 4,  # conv2, conv3, and the head's two dense layers
         "frozen_layers": 4,  # conv1 and the three BatchNorms
-        "trainable_params": 3 * 3 * 4 * 8 + 3 * 3 * 8 * 8 + (8 * 8 + 8) + (8 * CLASSES + CLASSES),
+        "trainable_params": 3 * 3 * 4 * 8 + 3 * 3 * 8 * 8 + (2 * 2 * 8 * 8 + 8) + (8 * CLASSES + CLASSES),
         "total_params": loaded.count_params(),
     }
     row = unfreeze.flow_row((4, 4, 8), thawed, rows=30)
@@ -279,7 +279,7 @@ def test_finetune_continues_the_epoch_numbers_and_moves_only_thawed_layers():
 def _tiny_params(path: Path) -> list[int]:
     """The repo's params.yaml made tiny; returns the base's filters (the repo's own)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update(source="digits", path=None, rows=60, image_size=32)
+    params["data"].update(source="digits", path=None, rows=60, image_size=32, train_per_class=4)
     params["base"].update(kind="glyphs", path=None, application=None)
     params["base"]["pretrain"].update(classes=4, per_class=6, epochs=1, batch_size=16)
     params["train_head"].update(epochs=1, batch_size=16)

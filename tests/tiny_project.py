@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for CI, big enough that every class lands in every split.
 TINY_CONF = {
-    "conf/data/digits.yaml": {"rows": 60},
+    "conf/data/digits.yaml": {"rows": 60, "train_per_class": 4},  # 6 training rows per class, 4 labelled
     "conf/base/glyphs.yaml": {"pretrain": {"classes": 4, "per_class": 8, "epochs": 1, "batch_size": 16}},
     "conf/config.yaml": {"train_head": {"epochs": 2, "batch_size": 16}, "finetune": {"epochs": 1, "batch_size": 16}},
 }
