@@ -34,5 +34,5 @@ params: setup  ## recompose params.yaml from conf/ (after editing conf/)
 ui: setup  ## the MLflow UI on the embedded store, loopback only
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-ablation: setup  ## pretrained vs random base, measured
+ablation: setup  ## the fair ablation: every arm, 5 seeds, 4 label budgets (about 70 min on 2 cores)
 	python benchmarks/ablation.py
