@@ -54,8 +54,10 @@ def test_mlflow_run_holds_params_curves_tags_and_artifacts(workspace, first_repr
     client = MlflowClient(tracking_uri=record["tracking_uri"])
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["finetune.lr"] == "0.0003"
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert run.data.params["finetune.lr"] == str(params["finetune"]["lr"])
     assert run.data.params["unfreeze.layers"] == "2"
+    assert run.data.tags["thaw.input.data"] == "none"  # the embedded default reads no external file
     assert run.data.params["data.rows"] == "60"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3]
