@@ -379,7 +379,8 @@ def test_stage_mains_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert set(head_metrics) == {"test_loss", "test_accuracy", "loss", "accuracy", "val_loss", "val_accuracy"}
     assert head_metrics["val_accuracy"] == float(head_history[-1]["val_accuracy"])
     finetune_metrics = artifacts.read_json("metrics/finetune.json")
-    assert set(finetune_metrics) == set(head_metrics)
+    assert set(finetune_metrics) == set(head_metrics) | {"val_rows", "test_rows"}  # for binomial intervals
+    assert (finetune_metrics["val_rows"], finetune_metrics["test_rows"]) == (10, 10)
     assert all(0.0 <= finetune_metrics[k] <= 1.0 for k in ("accuracy", "val_accuracy", "test_accuracy"))
     unfreeze_metrics = artifacts.read_json("metrics/unfreeze.json")
     assert unfreeze_metrics["trainable_layers"] == 2 + 2  # two convs and the head's two dense layers
