@@ -135,13 +135,7 @@ def thaw_table(table: Sequence[dict[str, Any]], n: int) -> tuple[list[str], list
     """
     base = [(row["layer"], row["type"]) for row in table if row["part"] == BASE_NAME]
     thawed = top_thawable(base, n)
-    after = []
-    for row in table:
-        if row["part"] == BASE_NAME:
-            on = row["layer"] in thawed
-            row = {**row, "trainable": on, "trainable_params": row["params"] if on else 0}
-        after.append(row)
-    return thawed, after
+    return thawed, table_with_flags(table, {name: name in thawed for name, _ in base})
 
 
 def thaw_saved_model(
