@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -13,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The md5 of a file's bytes (the hash DVC records for it), read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

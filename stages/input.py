@@ -20,17 +20,8 @@ from stages.datasources import DataError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 # What `data/inputs/<name>.json` holds when the variant reads no external file (the committed default).
 NO_INPUT: dict[str, Any] = {"kind": "none", "path": None}
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
@@ -39,7 +30,8 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
     # DVC hashes the path too, for its own status, but its hashing API is internal: hence these few lines.
     root = Path(path)
     if root.is_file():
-        return {"kind": "file", "path": str(path), "md5": file_md5(root), "files": 1, "bytes": root.stat().st_size}
+        md5 = artifacts.file_md5(root)
+        return {"kind": "file", "path": str(path), "md5": md5, "files": 1, "bytes": root.stat().st_size}
     if not root.is_dir():
         raise DataError(f"{root}: input not found (fix data.path or base.path)")
     manifest = hashlib.md5()
@@ -48,7 +40,7 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
         rel = file.relative_to(root).as_posix()
         if any(part.startswith(".") for part in Path(rel).parts):
             continue
-        manifest.update(f"{rel}\0{file_md5(file)}\n".encode())
+        manifest.update(f"{rel}\0{artifacts.file_md5(file)}\n".encode())
         files += 1
         size += file.stat().st_size
     return {"kind": "folder", "path": str(path), "md5": manifest.hexdigest(), "files": files, "bytes": size}

@@ -17,6 +17,10 @@ from stages.params import flatten, load_section, read_params
 
 log = logging.getLogger(__name__)
 
+INPUTS = ("data", "base")
+# metrics/<name>.json, and the prefix its values take among the run's final metrics
+METRIC_FILES = (("train_head", "head_"), ("finetune", ""), ("unfreeze", ""), ("pretrain", "pretrain_"))
+
 
 def build_record(
     params: dict,
@@ -33,22 +37,13 @@ def build_record(
     hashes = tracking.lock_hashes(lock)
     history = artifacts.read_csv(plots / "train_head.csv") + artifacts.read_csv(plots / "finetune.csv")
     final: dict[str, float] = {}
-    for name, prefix in (
-        ("train_head", "head_"),
-        ("finetune", ""),
-        ("unfreeze", ""),
-        ("pretrain", "pretrain_"),
-    ):
-        path = metrics / f"{name}.json"
-        if path.is_file():
-            values = artifacts.read_json(path)
-            final.update({prefix + k: float(v) for k, v in values.items() if isinstance(v, int | float)})
+    for name, prefix in METRIC_FILES:
+        values = artifacts.read_json(metrics / f"{name}.json")
+        final.update({prefix + k: float(v) for k, v in values.items() if isinstance(v, int | float)})
     exp_name = os.environ.get("DVC_EXP_NAME")
     tags = {f"dvc.lock.{k}": v for k, v in hashes.items() if not k.split(":", 1)[1].startswith("stages/")}
-    for name in ("data", "base"):  # the external inputs' content hashes, "none" for the embedded default
-        fingerprint = inputs / f"{name}.json"
-        if fingerprint.is_file():
-            tags[f"thaw.input.{name}"] = str(artifacts.read_json(fingerprint).get("md5") or "none")
+    for name in INPUTS:  # the external inputs' content hashes, "none" for the embedded default
+        tags[f"thaw.input.{name}"] = str(artifacts.read_json(inputs / f"{name}.json").get("md5") or "none")
     tags.update({"project": "thaw", "unfreeze.layers": str(flat.get("unfreeze.layers")),
                  "finetune.lr": str(flat.get("finetune.lr"))})  # fmt: skip
     if commit := tracking.git_commit(Path.cwd()):
@@ -70,9 +65,13 @@ def build_record(
         "history": [plots / "train_head.csv", plots / "finetune.csv", plots / "confusion.csv"],
     }
     record = tracking.RunRecord(experiment, run_name, flat, history, final, tags, files)
-    # Keyed on content: every param and every hash in dvc.lock (code, input fingerprints, data, models,
-    # metrics), so a variant whose data or results changed is a new run, never a stale one.
-    return record, tracking.variant_key(flat, hashes)
+    # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
+    # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
+    # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
+    # has no reason to rerun track (a code change with byte-identical outputs), and the committed lock with it.
+    read = [*(inputs / f"{name}.json" for name in INPUTS), finetuned, *(metrics / f"{n}.json" for n, _ in METRIC_FILES)]
+    read += [*files["report"], *files["history"]]
+    return record, tracking.variant_key(flat, {path.as_posix(): artifacts.file_md5(path) for path in read})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
