@@ -29,7 +29,7 @@ lint: setup
 	ruff check . && ruff format --check .
 
 params: setup  ## recompose params.yaml from conf/ (after editing conf/)
-	python -m stages.compose
+	thaw compose
 
 ui: setup  ## the MLflow UI on the embedded store, loopback only
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)

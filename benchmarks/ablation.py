@@ -34,12 +34,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from stages import model, training
-from stages.datasources import TEST, TRAIN, VAL, limit_training_labels
-from stages.freezing import freeze, unfreeze_top_layers
+from thaw import model, training
+from thaw.datasources import TEST, TRAIN, VAL, limit_training_labels
+from thaw.freezing import freeze, unfreeze_top_layers
 from stages.ingest import ingest
 from stages.normalize import normalize
-from stages.params import BaseParams, load_section, load_seed
+from thaw.config import BaseParams, load_section, load_seed
 from stages.pretrain_base import pretrain_on_glyphs
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the grid: the pipeline's rate, a third of it and three times it

@@ -78,7 +78,7 @@ def main() -> None:
         folder_project.mkdir()
         write_folder(folder, images)
         env = make_tiny_project(folder_project, conf_updates=conf)
-        subprocess.run([sys.executable, "-m", "stages.compose", "data=folder", f"data.path={folder}"],
+        subprocess.run([sys.executable, "-m", "thaw.commands.compose", "data=folder", f"data.path={folder}"],
                        cwd=folder_project, env=env, check=True)  # fmt: skip
         rows.append((f"data=folder, {images} images", *noop_seconds(folder_project, env, args.repeats)))
     finally:

@@ -66,9 +66,9 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
     """
     import keras
 
-    from stages import artifacts, model, training
-    from stages.freezing import freeze
-    from stages.params import load_section
+    from thaw import artifacts, model, training
+    from thaw.freezing import freeze
+    from thaw.config import load_section
 
     steps = load_section(root / "params.yaml", "runtime").steps_per_execution
     features = artifacts.read_npz(root / "data/features/features.npz")

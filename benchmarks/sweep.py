@@ -52,7 +52,7 @@ def naive_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[float, coll
     outputs, start = [], time.perf_counter()
     for layers in grid[0]:
         for lr in grid[1]:
-            sh([sys.executable, "-m", "stages.compose", f"unfreeze.layers={layers}", f"finetune.lr={lr}"], root, env)
+            sh([sys.executable, "-m", "thaw.commands.compose", f"unfreeze.layers={layers}", f"finetune.lr={lr}"], root, env)
             outputs.append(sh(["dvc", "repro", "--force"], root, env))
     return time.perf_counter() - start, count(outputs)
 
@@ -68,7 +68,7 @@ def dvc_queue(root: Path, env: dict[str, str], grid: Grid, jobs: int) -> tuple[f
     sh(["dvc", "queue", "start", "-j", str(jobs)], root, env)
     while re.search(r"\b(Queued|Running)\b", sh(["dvc", "queue", "status"], root, env)):
         time.sleep(2)
-    sh([sys.executable, "-m", "stages.leaderboard", "--sweep", "bench-dvc", "--summarize"], root, env)
+    sh([sys.executable, "-m", "thaw.commands.leaderboard", "--sweep", "bench-dvc", "--summarize"], root, env)
     elapsed = time.perf_counter() - start
     outputs += [sh(["dvc", "queue", "logs", name], root, env) for name in names]
     return elapsed, count(outputs)
@@ -77,7 +77,7 @@ def dvc_queue(root: Path, env: dict[str, str], grid: Grid, jobs: int) -> tuple[f
 def hydra_multirun(root: Path, env: dict[str, str], grid: Grid, jobs: int) -> tuple[float, collections.Counter]:
     """Hydra's way: one multirun command; its callback warms the cache and writes the summary."""
     start = time.perf_counter()
-    out = sh([sys.executable, "-m", "stages.sweep", "-m", f"unfreeze.layers={','.join(map(str, grid[0]))}",
+    out = sh([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(map(str, grid[0]))}",
               f"finetune.lr={','.join(grid[1])}", "sweep.id=bench-hydra", f"hydra.launcher.n_jobs={jobs}"], root, env)  # fmt: skip
     elapsed = time.perf_counter() - start
     logs = [p.read_text() for p in sorted((root / "multirun/bench-hydra").glob("*/dvc-exp-run.log"))]

@@ -1,5 +1,2 @@
-"""thaw: the six-stage transfer-learning pipeline (one module per DVC stage) and the library it runs on.
-
-Importing this package is cheap on purpose: TensorFlow and MLflow are imported only inside the
-functions that use them, so stages that do not train never pay for them.
-"""
+"""The DVC stage entry points, one module per stage in dvc.yaml: each parses its arguments, reads its typed
+params once, calls `thaw` library functions and writes its outputs atomically. No stage imports another."""

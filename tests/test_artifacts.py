@@ -1,4 +1,4 @@
-"""stages.artifacts: atomic writes (a file appears complete or not at all), reproducible .npz bytes, no pickles."""
+"""thaw.artifacts: atomic writes (a file appears complete or not at all), reproducible .npz bytes, no pickles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.artifacts import (
+from thaw.artifacts import (
     atomic_path,
     read_csv,
     read_json,

@@ -55,7 +55,7 @@ def test_a_ray_cluster_runs_the_points_of_one_sweep_in_two_clones(tmp_path: Path
         try:
             cluster.add_node(num_cpus=1, env_vars={**node_env, "THAW_REPO": str(clones["node-b"])})
             cluster.wait_for_nodes()
-            cmd = [sys.executable, "-m", "stages.sweep", "-m", "hydra/launcher=cluster",
+            cmd = [sys.executable, "-m", "thaw.commands.sweep", "-m", "hydra/launcher=cluster",
                    f"hydra.launcher.ray.init.address={cluster.address}", "sweep.share=true", "sweep.id=ray",
                    "unfreeze.layers=1,2", "finetune.lr=0.001,0.0003"]  # fmt: skip
             started = time.monotonic()

@@ -1,4 +1,4 @@
-"""stages.compose: conf/ composed with Hydra is exactly the committed params.yaml, overrides compose, unknown keys
+"""thaw.compose: conf/ composed with Hydra is exactly the committed params.yaml, overrides compose, unknown keys
 are refused by Hydra's struct mode, and every composed variant passes stages.params validation."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from stages import compose
-from stages.compose import compose_params
-from stages.params import SECTIONS, ConfigError, check_params_file, load_section, load_seed
+from thaw.commands import compose
+from thaw.commands.compose import compose_params
+from thaw.config import SECTIONS, ConfigError, check_params_file, load_section, load_seed
 
 # Config-group options whose `path` is `???` or needed by the schema: they compose, but must be given a path.
 NEEDS_PATH = {("data", "cifar10"), ("data", "folder"), ("data", "npz"), ("base", "file"), ("base", "keras_app")}

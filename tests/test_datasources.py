@@ -1,4 +1,4 @@
-"""stages.datasources: every image source on small real inputs written by the tests, the checks that reject bad
+"""thaw.datasources: every image source on small real inputs written by the tests, the checks that reject bad
 data with the file and the problem named, and the balanced subsample and stratified split. No network."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.datasources import (
+from thaw.datasources import (
     CIFAR10_CLASSES,
     DataError,
     ImageDataset,
@@ -605,7 +605,7 @@ def test_load_source_unknown() -> None:
 
 
 def test_limit_training_labels_keeps_k_per_class_and_leaves_val_and_test() -> None:
-    from stages.datasources import TRAIN, UNLABELLED, limit_training_labels
+    from thaw.datasources import TRAIN, UNLABELLED, limit_training_labels
 
     labels = np.repeat(np.arange(3), 10)
     split = stratified_split(labels, ("a", "b", "c"), 0.2, 0.2, seed=0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.params import ConfigError, RuntimeParams
+from thaw.config import ConfigError, RuntimeParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_mirrored_strategy_trains_the_head_on_two_devices_like_one(tmp_path):
     features = 0.1 * rng.random((60, 8, 8, 64), dtype=np.float32) + labels[:, None, None, None]
     np.savez(tmp_path / "features.npz", features=features, labels=labels,
              split=np.tile(np.array([0, 0, 0, 1, 2], dtype=np.int8), 12), class_names=np.array(["a", "b", "c"]))  # fmt: skip
-    save_base = "from stages.model import build_conv_base, save_model; save_model(build_conv_base(32, [8, 8, 64]), 'base.keras')"
+    save_base = "from thaw.model import build_conv_base, save_model; save_model(build_conv_base(32, [8, 8, 64]), 'base.keras')"
     subprocess.run([sys.executable, "-c", save_base], cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -89,7 +89,7 @@ def test_runtime_params_are_checked():
 def test_thread_pools_cannot_change_once_tensorflow_runs():
     import tensorflow as tf
 
-    from stages import training
+    from thaw import training
 
     tf.constant(1.0) + 1.0  # TensorFlow has started (with its own choice of threads)
     training.configure_threads(0, 0)  # the sizes already in force: nothing to do

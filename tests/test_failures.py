@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import tracking
-from stages.input import NO_INPUT
-from stages.params import ConfigError, check_params_file
+from thaw import tracking
+from thaw.inputs import NO_INPUT
+from thaw.config import ConfigError, check_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from stages import model
-from stages.freezing import freeze, layer_table, thawable_layers, unfreeze_top_layers, weighted_layers
+from thaw import model
+from thaw.freezing import freeze, layer_table, thawable_layers, unfreeze_top_layers, weighted_layers
 
 IMAGE = 16
 FILTERS = [4, 8, 8]

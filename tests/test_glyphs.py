@@ -1,11 +1,11 @@
-"""stages.glyphs: the offline pretraining task (rendered capital letters through the digits' 8x8 sensor)."""
+"""thaw.glyphs: the offline pretraining task (rendered capital letters through the digits' 8x8 sensor)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from stages.datasources import load_digits, validate
-from stages.glyphs import render_glyphs
+from thaw.datasources import load_digits, validate
+from thaw.glyphs import render_glyphs
 
 
 def test_shape_dtype_and_labels() -> None:

@@ -1,4 +1,4 @@
-"""stages.input: content fingerprints of external files and folders, and the check that a stage reads the
+"""thaw.input: content fingerprints of external files and folders, and the check that a stage reads the
 path its fingerprint is of."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from stages import input as input_stage
-from stages.datasources import DataError
-from stages.input import NO_INPUT, check_fingerprint, fingerprint
+from thaw.datasources import DataError
+from thaw.inputs import NO_INPUT, check_fingerprint, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

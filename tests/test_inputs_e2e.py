@@ -23,7 +23,7 @@ AFTER_BASE = ["pretrain-base", "extract-frozen", "train-head", "unfreeze", "fine
 
 def digits_npz(path: Path, rows: int, seed: int) -> None:
     """An npz of `rows` digits upscaled to 32x32x3 (as data=npz reads them), drawn with `seed`."""
-    from stages.datasources import load_digits
+    from thaw.datasources import load_digits
 
     digits = load_digits(32)
     pick = np.random.default_rng(seed).choice(len(digits.labels), rows, replace=False)
@@ -31,7 +31,7 @@ def digits_npz(path: Path, rows: int, seed: int) -> None:
 
 
 def compose(root: Path, env: dict[str, str], *overrides: str) -> None:
-    run([sys.executable, "-m", "stages.compose", *overrides], root, env)
+    run([sys.executable, "-m", "thaw.commands.compose", *overrides], root, env)
 
 
 def runs_by_input(root: Path, name: str) -> dict[str, str]:
@@ -86,7 +86,7 @@ def test_a_base_file_replaced_in_place_reruns_from_pretrain_base(project) -> Non
     assert first[:2] == ["input@base", "pretrain-base"] and "ingest" not in first and "track" in first
     assert stages_run(run(["dvc", "repro"], root, env)) == []
 
-    from stages import model
+    from thaw import model
 
     net = model.load_keras_model(base)
     net.set_weights([w * 0.5 for w in net.get_weights()])

@@ -1,10 +1,10 @@
-"""stages.intervals: t-intervals over seeds, Wilson intervals for one seed, and overlap with the best."""
+"""thaw.intervals: t-intervals over seeds, Wilson intervals for one seed, and overlap with the best."""
 
 from __future__ import annotations
 
 import pytest
 
-from stages.intervals import Interval, accuracy_interval, indistinguishable, t_interval, wilson_interval
+from thaw.intervals import Interval, accuracy_interval, indistinguishable, t_interval, wilson_interval
 
 
 def test_t_interval_of_five_seeds() -> None:

@@ -1,4 +1,4 @@
-"""stages.keras_archive and the checked thaw: `.keras` files written byte-reproducibly, their Keras version
+"""thaw.keras_archive and the checked thaw: `.keras` files written byte-reproducibly, their Keras version
 checked, and unfreeze's output read back and compared with what it meant to write."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-from stages import keras_archive, model
-from stages.freezing import BASE_NAME, freeze, layer_table, read_thawed, thaw_saved_model
-from stages.keras_archive import ArchiveError
+from thaw import keras_archive, model
+from thaw.freezing import BASE_NAME, freeze, layer_table, read_thawed, thaw_saved_model
+from thaw.keras_archive import ArchiveError
 
 SAVE = """
 import sys
 import keras
-from stages import model
+from thaw import model
 keras.utils.set_random_seed(3)
 base = model.build_conv_base(16, [4, 8])
 model.save_model(model.assemble(base, model.build_head((4, 4, 8), 3, 4, 0.1)), sys.argv[1])

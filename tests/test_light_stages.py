@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.input import NO_INPUT
+from thaw.inputs import NO_INPUT
 
 ROWS = 100
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import model
+from thaw import model
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""stages.params: every section's schema rejects unknown keys, wrong types and out-of-range values, with the key,
+"""thaw.params: every section's schema rejects unknown keys, wrong types and out-of-range values, with the key,
 the value and what is accepted in the message."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.params import (
+from thaw.config import (
     SECTIONS,
     BaseParams,
     ConfigError,

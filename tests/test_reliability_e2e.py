@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tiny_project import TINY_CONF, make_tiny_project, project_env, run
 
-from stages import tracking
+from thaw import tracking
 
 pytestmark = pytest.mark.slow
 # Enough epochs (and small batches) that each training stage is still running after its second epoch.
@@ -36,7 +36,7 @@ RECORDS = ["metrics/pretrain.json", "plots/train_head.csv", "metrics/train_head.
 
 
 def weights(path: Path) -> list[np.ndarray]:
-    from stages.model import load_keras_model
+    from thaw.model import load_keras_model
 
     return load_keras_model(path, compile=False).get_weights()
 

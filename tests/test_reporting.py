@@ -1,4 +1,4 @@
-"""stages.reporting: the seed's ASCII loss bars, the per-epoch observations, the three traces of the Markdown
+"""thaw.reporting: the seed's ASCII loss bars, the per-epoch observations, the three traces of the Markdown
 report, and the PNG figures."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages.artifacts import read_csv, write_csv
-from stages.reporting import STAGE_ORDER, loss_bar, observations, plot_confusion, plot_curves, render_report
+from thaw.artifacts import read_csv, write_csv
+from thaw.reporting import STAGE_ORDER, loss_bar, observations, plot_confusion, plot_curves, render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from tiny_project import make_tiny_project, run, stages_run
 
-from stages import tracking
+from thaw import tracking
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("ingest", "normalize", "pretrain-base", "extract-frozen", "train-head")
@@ -47,7 +47,7 @@ def children(client: MlflowClient, experiment_id: str, sweep: str) -> tuple[str,
 def grid_sweep(project) -> str:
     root, env = project
     return run(
-        [sys.executable, "-m", "stages.sweep", "-m", "unfreeze.layers=0,1", "finetune.lr=1e-3,1e-4",
+        [sys.executable, "-m", "thaw.commands.sweep", "-m", "unfreeze.layers=0,1", "finetune.lr=1e-3,1e-4",
          "sweep.id=grid", "hydra.launcher.n_jobs=2"],
         root, env,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_hydra_grid_points_are_nested_mlflow_runs_with_a_summary(project, grid_s
 def test_optuna_search_returns_objectives_to_the_sweeper(project, grid_sweep):
     root, env = project
     run(
-        [sys.executable, "-m", "stages.sweep", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        [sys.executable, "-m", "thaw.commands.sweep", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
          "sweep.id=tpe"],
         root, env,
     )  # fmt: skip
@@ -108,7 +108,7 @@ def test_hydra_sweep_over_seeds_reports_intervals_and_the_near_best(project, gri
     printed leaderboard and on the parent run, and the cells indistinguishable from the best are named."""
     root, env = project
     out = run(
-        [sys.executable, "-m", "stages.sweep", "-m", "seed=7,8", "unfreeze.layers=0,1", "sweep.id=seeds",
+        [sys.executable, "-m", "thaw.commands.sweep", "-m", "seed=7,8", "unfreeze.layers=0,1", "sweep.id=seeds",
          "hydra.launcher.n_jobs=2"],
         root, env,
     )  # fmt: skip
@@ -138,7 +138,7 @@ def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep):
         assert time.monotonic() < deadline, status
         time.sleep(3)
     assert status.count("Success") == 4, status
-    table = run([sys.executable, "-m", "stages.leaderboard", "--sweep", "queued", "--summarize"], root, env)
+    table = run([sys.executable, "-m", "thaw.commands.leaderboard", "--sweep", "queued", "--summarize"], root, env)
     rows = [line.split() for line in table.splitlines() if line[:1].isdigit()]
     assert len(rows) == 2 and all(words[4] == "2" for words in rows), table  # two cells, two seeds each
     client, experiment_id = client_for(root)

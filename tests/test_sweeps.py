@@ -12,8 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 
 from hydra_plugins.thaw_optuna_sweeper.optuna_sweeper import to_distribution
-from stages import sweeps, tracking
-from stages.sweep import pipeline_overrides
+from thaw import sweeps, tracking
+from thaw.commands.sweep import pipeline_overrides
 
 
 def history(epochs: int = 6, head_epochs: int = 3, best: float = 0.9) -> list[dict]:
@@ -129,7 +129,7 @@ def test_summary_nests_points_and_logs_best_leaderboard_and_heatmap(tmp_path):
 
 
 def test_leaderboard_cli_prints_the_sweep_ranked(tmp_path, capsys, monkeypatch):
-    from stages import leaderboard
+    from thaw.commands import leaderboard
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for i, best in enumerate((0.6, 0.8)):

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import artifacts, finetune, freezing, model, pretrain_base, train_head, unfreeze
-from stages.freezing import freeze, layer_table, thaw_saved_model, unfreeze_top_layers, weighted_layers
-from stages.input import NO_INPUT
-from stages.params import BaseParams, ConfigError, FinetuneParams, PretrainParams, TrainHeadParams
+from thaw import artifacts, finetune, freezing, model, pretrain_base, train_head, unfreeze
+from thaw.freezing import freeze, layer_table, thaw_saved_model, unfreeze_top_layers, weighted_layers
+from thaw.inputs import NO_INPUT
+from thaw.config import BaseParams, ConfigError, FinetuneParams, PretrainParams, TrainHeadParams
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = 16

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stages import tracking
-from stages.tracking import PHASE_CODES, VARIANT_TAG, RunRecord
+from thaw import tracking
+from thaw.tracking import PHASE_CODES, VARIANT_TAG, RunRecord
 
 # tracking_uri / project_root ------------------------------------------------------------------------------------
 

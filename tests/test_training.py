@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import model, training
+from thaw import model, training
 
 CLASSES = 3
 

@@ -67,7 +67,7 @@ def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> 
         _merge(data, update)
         (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
     env = project_env()
-    run([sys.executable, "-m", "stages.compose"], root, env)
+    run([sys.executable, "-m", "thaw.commands.compose"], root, env)
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
     run(["git", "init", "-q"], root, env)
     run([*git, "add", "-A"], root, env)

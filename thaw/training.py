@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stages.artifacts import read_json, write_json, write_text
-from stages.params import RuntimeParams
+from thaw.artifacts import HISTORY_KEYS, read_json, write_json, write_text
+from thaw.config import RuntimeParams
+from thaw.tracking import check_store
 
 log = logging.getLogger(__name__)
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def make_deterministic(seed: int) -> None:
@@ -152,6 +152,34 @@ def checkpoint_for(stage: str, settings: Mapping[str, Any], inputs: Sequence[str
     return Checkpoint(root / ".thaw" / "checkpoints" / f"{stage}-{digest.hexdigest()[:16]}")
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """What a training stage builds and trains under: the strategy (build, load and compile in its scope),
+    the steps per execution to compile with, and the stage's resumable checkpoint."""
+
+    strategy: tf.distribute.Strategy
+    steps_per_execution: int
+    checkpoint: Checkpoint
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, runtime: RuntimeParams, settings: Mapping[str, Any], inputs: Sequence[str | Path], tracking_uri: str
+) -> Iterator[StageRun]:
+    """The skeleton every training stage shares (pretrain-base, train-head, finetune).
+
+    Before any training: check that the tracking store can be written (a wrong server fails in seconds, not
+    after the training), size the thread pools and pick the strategy (`runtime`), and open the checkpoint
+    keyed by `settings` and the content of `inputs`. When the block succeeds (its outputs written), the
+    checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
+    """
+    check_store(tracking_uri)
+    strategy, steps = prepare_runtime(runtime)
+    run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
+    yield run
+    run.checkpoint.clear()
+
+
 def fit(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -196,3 +224,8 @@ def evaluate(
         "accuracy": float(np.mean(predicted == y)),
     }
     return metrics, predicted
+
+
+def last_epoch(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The last epoch's metrics (loss, accuracy, val_loss, val_accuracy) of a history."""
+    return {key: history[-1][key] for key in HISTORY_KEYS}

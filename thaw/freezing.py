@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages import keras_archive
-from stages.artifacts import atomic_path
+from thaw import keras_archive
+from thaw.artifacts import atomic_path
 
 if TYPE_CHECKING:
     import keras
@@ -188,3 +188,13 @@ def table_with_flags(table: Sequence[dict[str, Any]], flags: Mapping[str, bool])
             row = {**row, "trainable": on, "trainable_params": row["params"] if on else 0}
         rows.append(row)
     return rows
+
+
+def table_summary(table: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Counts of trainable and frozen layers and parameters in a layer table."""
+    return {
+        "trainable_layers": sum(row["trainable"] for row in table),
+        "frozen_layers": sum(not row["trainable"] for row in table),
+        "trainable_params": sum(row["trainable_params"] for row in table),
+        "total_params": sum(row["params"] for row in table),
+    }

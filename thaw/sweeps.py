@@ -2,7 +2,7 @@
 
 Both ways into a sweep (DVC's queue, Hydra's multirun) tag every point's run with `thaw.sweep`; this module
 groups those runs into cells, one per (unfreeze.layers, finetune.lr) with every seed swept in it, ranks the
-cells by the validation metric with a 95 % interval each (`stages.intervals`), marks the cells that cannot be
+cells by the validation metric with a 95 % interval each (`thaw.intervals`), marks the cells that cannot be
 told apart from the best, and logs the summary (best cell, leaderboard, heatmap) to the parent run.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from stages.artifacts import atomic_path, write_csv, write_text
-from stages.intervals import Interval, accuracy_interval, indistinguishable
-from stages.reporting import markdown_table
-from stages.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, ensure_experiment, find_sweep_parent, store_lock
+from thaw.artifacts import atomic_path, write_csv, write_text
+from thaw.intervals import Interval, accuracy_interval, indistinguishable
+from thaw.reporting import markdown_table
+from thaw.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, ensure_experiment, find_sweep_parent, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +261,15 @@ def _summarize(client: Any, experiment: str, sweep: str, metric: str) -> list[di
 
 
 class SweepCallback(Callback):
-    """Hydra callback of `stages.sweep`: before the jobs, warm the cache and open the sweep's parent run;
+    """Hydra callback of `thaw sweep`: before the jobs, warm the cache and open the sweep's parent run;
     after them, log the summary."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        import os
         import subprocess
 
         from mlflow.tracking import MlflowClient
 
-        from stages.tracking import project_root, tracking_uri
+        from thaw.tracking import artifact_root, project_root, tracking_uri
 
         root = project_root()
         if config.sweep.warm_up:
@@ -281,17 +280,14 @@ class SweepCallback(Callback):
             log.info("dvc push --run-cache (to the DVC remote)")
             subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
         uri = tracking_uri(root)
-        local = "MLFLOW_TRACKING_URI" not in os.environ
         with store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
-            experiment_id = ensure_experiment(
-                client, config.tracking.experiment, root / "mlartifacts" if local else None
-            )
+            experiment_id = ensure_experiment(client, config.tracking.experiment, artifact_root(root))
             parent = ensure_sweep_parent(client, experiment_id, config.sweep.id, list(config.hydra.overrides.task))
         log.info("sweep %s: parent run %s in %s", config.sweep.id, parent, uri)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from stages.tracking import project_root, tracking_uri
+        from thaw.tracking import project_root, tracking_uri
 
         rows = summarize_sweep(
             tracking_uri(project_root()), config.tracking.experiment, config.sweep.id, config.sweep.objective

@@ -1,28 +1,26 @@
 """Typed, validated views of params.yaml, one dataclass per section.
 
-params.yaml is composed from conf/ by Hydra (DVC runs the composition on `dvc exp run`); stages read it,
-take only their own sections, and pass plain values on. Unknown keys, wrong types and out-of-range values
-are rejected here, before any heavy work, with the key, the value and what is accepted.
+params.yaml is composed from conf/ by Hydra (DVC runs the composition on `dvc exp run`). Each process reads
+and validates it once (`load`) into one typed `Params`; stages pass the sections and values their library
+calls need. Unknown keys, missing keys, wrong types and out-of-range values are rejected here, before any
+heavy work, with the key, the value and what is accepted. The schema carries no defaults: conf/ holds them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, get_type_hints
 
 import yaml
 
-T = TypeVar("T")
+from thaw.errors import ConfigError
 
 DATA_SOURCES = ("digits", "cifar10", "folder", "npz")
 BASE_KINDS = ("glyphs", "random", "file", "keras_app")
 STRATEGIES = ("default", "mirrored")
-
-
-class ConfigError(ValueError):
-    """A parameter is missing, unknown, of the wrong type or out of range."""
 
 
 def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
@@ -40,14 +38,14 @@ def _fraction(key: str, value: float) -> None:
 
 @dataclass
 class DataParams:
-    source: str = "digits"
-    path: str | None = None
-    rows: int | None = 1000
-    image_size: int = 32
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    resize: bool = False
-    train_per_class: int | None = 10  # labelled training rows per class; the rest of train is unlabelled
+    source: str
+    path: str | None
+    rows: int | None
+    image_size: int
+    val_fraction: float
+    test_fraction: float
+    resize: bool
+    train_per_class: int | None  # labelled training rows per class; the rest of train is unlabelled
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source", self.source, f"one of {list(DATA_SOURCES)}")
@@ -73,11 +71,11 @@ class DataParams:
 class PretrainParams:
     """How the default base is pretrained on the source task (rendered letters)."""
 
-    classes: int = 26
-    per_class: int = 100
-    epochs: int = 4
-    lr: float = 2e-3
-    batch_size: int = 64
+    classes: int
+    per_class: int
+    epochs: int
+    lr: float
+    batch_size: int
 
     def __post_init__(self) -> None:
         _require(2 <= self.classes <= 26, "base.pretrain.classes", self.classes, "an integer from 2 to 26")
@@ -89,11 +87,11 @@ class PretrainParams:
 
 @dataclass
 class BaseParams:
-    kind: str = "glyphs"
-    path: str | None = None
-    application: str | None = None
-    filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
-    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    kind: str
+    path: str | None
+    application: str | None
+    filters: list[int]
+    pretrain: PretrainParams
 
     def __post_init__(self) -> None:
         _require(self.kind in BASE_KINDS, "base.kind", self.kind, f"one of {list(BASE_KINDS)}")
@@ -112,12 +110,12 @@ class BaseParams:
 
 @dataclass
 class TrainHeadParams:
-    pool: int = 2  # average-pooling window over the feature map before flattening (its size: global pooling)
-    units: int = 128
-    dropout: float = 0.3
-    epochs: int = 15
-    lr: float = 3e-3
-    batch_size: int = 16
+    pool: int  # average-pooling window over the feature map before flattening (its size: global pooling)
+    units: int
+    dropout: float
+    epochs: int
+    lr: float
+    batch_size: int
 
     def __post_init__(self) -> None:
         _require(self.pool >= 1, "train_head.pool", self.pool, "an integer >= 1 (the feature map's size: global)")
@@ -130,7 +128,7 @@ class TrainHeadParams:
 
 @dataclass
 class UnfreezeParams:
-    layers: int = 2
+    layers: int
 
     def __post_init__(self) -> None:
         _require(self.layers >= 0, "unfreeze.layers", self.layers, "an integer >= 0 (0 trains the head only)")
@@ -138,9 +136,9 @@ class UnfreezeParams:
 
 @dataclass
 class FinetuneParams:
-    epochs: int = 8
-    lr: float = 1e-4
-    batch_size: int = 16
+    epochs: int
+    lr: float
+    batch_size: int
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")
@@ -153,11 +151,11 @@ class RuntimeParams:
     """How training runs: TensorFlow's default strategy or data-parallel replicas (MirroredStrategy), how
     many training steps one call into the compiled graph runs, and TensorFlow's thread pools."""
 
-    strategy: str = "default"
-    devices: list[str] | None = None  # mirrored: e.g. ["/gpu:0", "/gpu:1"]; null: every GPU, else the CPU
-    steps_per_execution: int = 32
-    intra_op_threads: int = 0  # 0: TensorFlow's choice (one per core)
-    inter_op_threads: int = 0
+    strategy: str
+    devices: list[str] | None  # mirrored: e.g. ["/gpu:0", "/gpu:1"]; null: every GPU, else the CPU
+    steps_per_execution: int
+    intra_op_threads: int  # 0: TensorFlow's choice (one per core)
+    inter_op_threads: int
 
     def __post_init__(self) -> None:
         _require(self.strategy in STRATEGIES, "runtime.strategy", self.strategy, f"one of {list(STRATEGIES)}")
@@ -175,8 +173,8 @@ class RuntimeParams:
 
 @dataclass
 class TrackingParams:
-    experiment: str = "thaw"
-    sweep: str | None = None  # set by sweeps: groups this run under the sweep's parent run in MLflow
+    experiment: str
+    sweep: str | None  # set by sweeps: groups this run under the sweep's parent run in MLflow
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
@@ -189,38 +187,39 @@ class TrackingParams:
             )
 
 
+INPUT_NAMES = ("data", "base")
+
+
 @dataclass
-class InputsParams:
-    """The external files a variant reads, each tracked by content by dvc.yaml's `input@<name>` stage.
+class Params:
+    """The whole of params.yaml, typed. Its fields carry no defaults on purpose: conf/ is the one source of
+    every value (tests/test_config.py fails if a default ever appears here)."""
 
-    Composed from conf/ (the data and base options that read a file set them to their path); they must name
-    exactly the files that `data.path` and `base.path` name, or a changed file would go unnoticed.
-    """
-
-    data: str | None = None
-    base: str | None = None
+    seed: int
+    data: DataParams
+    # The external files this variant reads, by name (`data`, `base`), each tracked by content by dvc.yaml's
+    # `input@<name>` stage. Composed from conf/ (the options that read a file set it to their path); empty for
+    # the embedded default, and it must name exactly `data.path` and `base.path` (check_inputs).
+    inputs: dict[str, str]
+    base: BaseParams
+    train_head: TrainHeadParams
+    unfreeze: UnfreezeParams
+    finetune: FinetuneParams
+    runtime: RuntimeParams
+    tracking: TrackingParams
 
     def __post_init__(self) -> None:
-        for key in ("data", "base"):
-            value = getattr(self, key)
-            if value is not None:
-                _require(bool(str(value).strip()), f"inputs.{key}", value, "null or a path")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        unknown = sorted(set(self.inputs) - set(INPUT_NAMES))
+        _require(not unknown, "inputs", self.inputs, f"a mapping with keys among {list(INPUT_NAMES)}")
+        check_inputs(self.data, self.base, self.inputs)
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataParams,
-    "inputs": InputsParams,
-    "base": BaseParams,
-    "train_head": TrainHeadParams,
-    "unfreeze": UnfreezeParams,
-    "finetune": FinetuneParams,
-    "runtime": RuntimeParams,
-    "tracking": TrackingParams,
-}
+SECTIONS = tuple(name for name in Params.__dataclass_fields__ if name != "seed")
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read the whole params file as plain data (used by stages that log every param)."""
+    """Read the whole params file as plain data."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the project root, or pass --params)")
@@ -230,52 +229,40 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def parse_section(name: str, raw: Any, schema: type[T]) -> T:
-    """Check one section against its dataclass schema: unknown keys, types and value ranges."""
+def parse(raw: Mapping[str, Any], where: str | Path = "params") -> Params:
+    """Validate a whole config (every section, the seed and the inputs) and return it typed.
+
+    Unknown keys, missing keys, wrong types and out-of-range values are refused with the key, the value and
+    what is accepted, prefixed by `where` (the file).
+    """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name} must be a mapping, got {raw!r}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
-        if missing := sorted(OmegaConf.missing_keys(OmegaConf.create(raw))):
-            raise ConfigError(
-                f"{name}.{missing[0]}: a value must be supplied (it is ???), e.g. {name}.{missing[0]}=..."
-            )
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), dict(raw)))  # type: ignore[return-value]
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise ConfigError(f"{where}: {key} needs a value (it is missing or ???): set it, e.g. `{key}=...` in "
+                          f"a sweep or `-S {key}=...` with dvc exp run, or add it to conf/") from None  # fmt: skip
     except OmegaConfBaseException as exc:
-        key = f"{name}.{exc.full_key}" if getattr(exc, "full_key", None) else name
-        allowed = ", ".join(f"{name}.{f}" for f in schema.__dataclass_fields__)  # type: ignore[attr-defined]
+        key = getattr(exc, "full_key", "") or ""
+        section = key.split(".", 1)[0]
+        fields = getattr(get_type_hints(Params).get(section), "__dataclass_fields__", None)
+        allowed = f" (keys of {section}: {', '.join(f'{section}.{f}' for f in fields)})" if fields else ""
+        if section not in Params.__dataclass_fields__:
+            allowed = f" (top-level keys: {', '.join(Params.__dataclass_fields__)})"
         reason = str(exc).splitlines()[0]
-        raise ConfigError(f"{key}: {reason} (keys of {name}: {allowed})") from None
-
-
-def load_section(path: str | Path, name: str) -> Any:
-    """Read `path` and return section `name` validated against its schema in SECTIONS."""
-    try:
-        return parse_section(name, read_params(path).get(name), SECTIONS[name])
+        raise ConfigError(f"{where}: {key or 'params'}: {reason}{allowed}") from None
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def check_params_file(path: str | Path) -> None:
-    """Validate every section and the seed of a params file; raise ConfigError on the first problem."""
-    data = read_params(path)
-    unknown = sorted(set(data) - set(SECTIONS) - {"seed"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: seed, {', '.join(SECTIONS)}")
-    load_seed(path)
-    sections = {name: load_section(path, name) for name in SECTIONS}
-    try:
-        check_inputs(sections["data"], sections["base"], sections["inputs"])
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read `path` once and return the validated, typed config."""
+    return parse(read_params(path), path)
 
 
-def check_inputs(data: DataParams, base: BaseParams, inputs: InputsParams) -> None:
+def check_inputs(data: DataParams, base: BaseParams, inputs: Mapping[str, str]) -> None:
     """Every file the stages read is one DVC tracks: `inputs` names exactly `data.path` and `base.path`.
 
     A params file edited by hand (a path set without its input) would otherwise let DVC serve stale results
@@ -288,19 +275,12 @@ def check_inputs(data: DataParams, base: BaseParams, inputs: InputsParams) -> No
         raise ConfigError(f"base.path = {base.path!r} is not read by base={base.kind}: remove it, "
                           "or choose base=file or base=keras_app")  # fmt: skip
     for key, path in (("data", data.path), ("base", base.path)):
-        if getattr(inputs, key) != path:
+        if inputs.get(key) != path:
             raise ConfigError(
-                f"inputs.{key} = {getattr(inputs, key)!r} but {key}.path = {path!r}: they must name the same file, "
+                f"inputs.{key} = {inputs.get(key)!r} but {key}.path = {path!r}: they must name the same file, "
                 f"so that DVC tracks what the stages read; recompose params.yaml from conf/ "
-                f"(`python -m stages.compose`, or `dvc exp run -S {key}.path=...`)"
+                f"(`thaw compose`, or `dvc exp run -S {key}.path=...`)"
             )
-
-
-def load_seed(path: str | Path) -> int:
-    seed = read_params(path).get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"{path}: seed = {seed!r} is not allowed: expected an integer >= 0")
-    return seed
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

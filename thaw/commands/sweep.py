@@ -2,10 +2,10 @@
 `dvc exp run` (a temporary-workspace experiment), tracked as an MLflow run nested under the sweep's parent;
 the job returns the objective (default val_accuracy) to the sweeper.
 
-    python -m stages.sweep -m unfreeze.layers=0,2,4 finetune.lr=1e-3,1e-4      # grid, 2 jobs at a time
-    python -m stages.sweep -m hparams_search=optuna                           # Optuna TPE search
-    python -m stages.sweep -m hydra.launcher.n_jobs=4 sweep.id=depth-lr ...   # name it, more workers
-    python -m stages.sweep -m hydra/launcher=cluster sweep.share=true ...      # on a Ray cluster
+    thaw sweep -m unfreeze.layers=0,2,4 finetune.lr=1e-3,1e-4      # grid, 2 jobs at a time
+    thaw sweep -m hparams_search=optuna                           # Optuna TPE search
+    thaw sweep -m hydra.launcher.n_jobs=4 sweep.id=depth-lr ...   # name it, more workers
+    thaw sweep -m hydra/launcher=cluster sweep.share=true ...      # on a Ray cluster
 
 The last one spreads the points over a Ray cluster (Hydra's Ray launcher). Each machine runs its points in its
 own clone of the project (`THAW_REPO` in the environment of its `ray start`, else the submitting folder), with
@@ -25,11 +25,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stages import params, tracking
+from thaw import config, tracking
 
 log = logging.getLogger(__name__)
 
-PIPELINE_KEYS = ("seed", *params.SECTIONS)
+PIPELINE_KEYS = ("seed", *config.SECTIONS)
 REPO_ENV = "THAW_REPO"  # on a sweep worker: where this machine's clone of the project is
 
 
@@ -46,8 +46,7 @@ def pipeline_overrides(task_overrides: Sequence[str]) -> list[str]:
 def check_pipeline_config(cfg: DictConfig) -> None:
     """Reject a bad point before it reaches DVC (same checks as the stages make)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for name, schema in params.SECTIONS.items():
-        params.parse_section(name, container.get(name), schema)
+    config.parse({key: container[key] for key in PIPELINE_KEYS if key in container}, "the sweep's point")
 
 
 def run_point(
@@ -105,7 +104,7 @@ def run_point(
     return value
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
@@ -123,7 +122,9 @@ def main(cfg: DictConfig) -> float:
     )
 
 
-def cli() -> None:
+def cli(argv: Sequence[str] | None = None) -> None:
+    if argv is not None:  # from the `thaw sweep` console command: Hydra reads sys.argv itself
+        sys.argv = [f"{Path(sys.argv[0]).name} sweep", *argv]
     # Every job must share one sweep id, so it is fixed here, once, before Hydra starts the jobs
     # (a `${now:}` interpolation would be resolved again in each launcher process).
     if not any(arg.startswith("sweep.id=") for arg in sys.argv[1:]):

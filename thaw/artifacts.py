@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+# The per-epoch columns of every history CSV after `epoch` and `phase` (train-head's and finetune's).
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
 
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     """The md5 of a file's bytes (the hash DVC records for it), read in chunks."""

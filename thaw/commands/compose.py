@@ -1,8 +1,8 @@
 """Compose conf/ with Hydra into params.yaml, byte for byte as `dvc exp run` does (DVC's Hydra composition).
 
 Run it after editing conf/ so that a plain `dvc repro` sees the change:
-    python -m stages.compose                      # the defaults
-    python -m stages.compose base=random          # any Hydra overrides
+    thaw compose                      # the defaults
+    thaw compose base=random          # any Hydra overrides
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from stages.artifacts import write_text
+from thaw.artifacts import write_text
 
 
 def compose_params(config_dir: str | Path, overrides: Sequence[str] = (), config_name: str = "config") -> str:

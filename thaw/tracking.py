@@ -8,13 +8,11 @@ for queued experiments running in temporary copies, so every run lands in the sa
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from stages.params import ConfigError
+from thaw.artifacts import HISTORY_KEYS, file_md5, read_csv, read_json
+from thaw.config import INPUT_NAMES, flatten
+from thaw.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ SWEEP_TAG = "thaw.sweep"
 ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
-HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# metrics/<name>.json, and the prefix its values take among the run's final metrics
+METRIC_FILES = (("train_head", "head_"), ("finetune", ""), ("unfreeze", ""), ("pretrain", "pretrain_"))
 
 
 def project_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -43,6 +44,13 @@ def project_root(environ: Mapping[str, str] = os.environ) -> Path:
 def tracking_uri(root: Path, environ: Mapping[str, str] = os.environ) -> str:
     """MLFLOW_TRACKING_URI, or the SQLite store at `root`, anchored by an absolute path."""
     return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def artifact_root(root: Path, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Where a new experiment in the embedded store keeps its artifacts: `mlartifacts/` at the project root,
+    so the artifacts of DVC's temporary experiment workspaces outlive them. None with a tracking server (it
+    chooses)."""
+    return None if environ.get("MLFLOW_TRACKING_URI") else root / "mlartifacts"
 
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
@@ -110,7 +118,7 @@ def epoch_metrics(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, float
     points = []
     for row in history:
         step = int(row["epoch"])
-        points += [(key, float(row[key]), step) for key in HISTORY_METRICS]
+        points += [(key, float(row[key]), step) for key in HISTORY_KEYS]
         points.append(("phase", float(PHASE_CODES[str(row["phase"])]), step))
     return points
 
@@ -138,31 +146,31 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
+    from filelock import FileLock
+
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(f"{db}.lock"):
+        yield
 
 
 def with_retries(call: Callable[[], T], attempts: int = 4, delay: float = 0.5) -> T:
     """Run `call`, retrying transient failures (a store that is briefly locked or unreachable) with
-    exponential backoff; the last failure is raised. Only idempotent calls belong here."""
+    exponential backoff from `delay` seconds; the last failure is raised. Only idempotent calls belong here.
+    (MLflow's client retries HTTP errors of a server itself; this also covers a briefly locked SQLite file.)"""
+    import tenacity
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except (MlflowException, OSError) as exc:
-            if attempt == attempts:
-                raise
-            log.warning("tracking call failed (%s); retry %d of %d in %.1f s", exc, attempt, attempts - 1, delay)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((MlflowException, OSError)),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=delay, exp_base=2, min=delay),
+        before_sleep=lambda state: log.warning(
+            "tracking call failed (%s); retry %d of %d", state.outcome.exception(), state.attempt_number, attempts - 1
+        ),
+        reraise=True,
+    )
+    return retrying(call)
 
 
 def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
@@ -237,7 +245,7 @@ def _log_run(
         metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
         last_step = max((int(r["epoch"]) for r in record.history), default=0)
         # Final values whose names are also curves (loss, val_accuracy, ...) are already the curve's last point.
-        final = {k: v for k, v in record.final_metrics.items() if k not in HISTORY_METRICS}
+        final = {k: v for k, v in record.final_metrics.items() if k not in HISTORY_KEYS}
         metrics += [Metric(k, float(v), timestamp, last_step) for k, v in sorted(final.items())]
         # Logging the same batch or artifact twice changes nothing, so these calls may be retried.
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-batch limits
@@ -255,3 +263,58 @@ def _log_run(
         raise
     client.set_terminated(run_id, status="FINISHED")
     return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+
+
+def record_from_outputs(
+    params: Mapping[str, Any],
+    reports: Path,
+    plots: Path,
+    metrics: Path,
+    finetuned: Path,
+    lock: Path,
+    inputs: Path,
+    experiment: str,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[RunRecord, str]:
+    """Gather a variant's run from the outputs the stages recorded (so stages that DVC skipped still
+    contribute their numbers); return it with its variant key. `params` is the whole config, as plain data."""
+    flat = flatten(params)
+    hashes = lock_hashes(lock)
+    history = read_csv(plots / "train_head.csv") + read_csv(plots / "finetune.csv")
+    final: dict[str, float] = {}
+    for name, prefix in METRIC_FILES:
+        values = read_json(metrics / f"{name}.json")
+        final.update({prefix + k: float(v) for k, v in values.items() if isinstance(v, int | float)})
+    exp_name = environ.get("DVC_EXP_NAME")
+    # Data and model lineage as tags; the code's hashes are in the variant's git commit.
+    tags = {f"dvc.lock.{k}": v for k, v in hashes.items() if not k.split(":", 1)[1].endswith(".py")}
+    for name in INPUT_NAMES:  # the external inputs' content hashes, "none" for the embedded default
+        tags[f"thaw.input.{name}"] = str(read_json(inputs / f"{name}.json").get("md5") or "none")
+    tags.update({"project": "thaw", "unfreeze.layers": str(flat.get("unfreeze.layers")),
+                 "finetune.lr": str(flat.get("finetune.lr"))})  # fmt: skip
+    if commit := git_commit(Path.cwd()):
+        tags["git.commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    if exp_name:
+        tags["dvc.experiment"] = exp_name
+    if baseline := environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = baseline
+    run_name = exp_name or f"layers={flat.get('unfreeze.layers')} lr={flat.get('finetune.lr')}"
+    files = {
+        "model": [finetuned],
+        "report": [
+            reports / "trace.md",
+            reports / "curves.png",
+            reports / "confusion.png",
+            reports / "layers.csv",
+        ],
+        "history": [plots / "train_head.csv", plots / "finetune.csv", plots / "confusion.csv"],
+    }
+    record = RunRecord(experiment, run_name, flat, history, final, tags, files)
+    # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
+    # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
+    # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
+    # has no reason to rerun track (a code change with byte-identical outputs), and the committed lock with it.
+    read = [inputs / f"{name}.json" for name in INPUT_NAMES] + [metrics / f"{n}.json" for n, _ in METRIC_FILES]
+    read += [finetuned, *files["report"], *files["history"]]
+    return record, variant_key(flat, {path.as_posix(): file_md5(path) for path in read})

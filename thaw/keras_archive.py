@@ -14,16 +14,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from stages.artifacts import write_zip
+from thaw.artifacts import write_zip
+from thaw.errors import ArchiveError
 
 CONFIG = "config.json"
 METADATA = "metadata.json"
 PINNED_DATE = "1980-01-01@00:00:00"  # the zip format's own epoch, as for the member timestamps
 SUPPORTED_MAJOR = 3  # the Keras major version whose config layout this module reads and edits
-
-
-class ArchiveError(ValueError):
-    """A `.keras` file is not one this module can read, or does not hold what was written."""
 
 
 def read_members(path: str | Path) -> list[tuple[str, bytes, int]]:

@@ -2,9 +2,9 @@
 finetune.lr) with its seeds' mean and 95 % interval, ranked by a validation metric; `near_best` marks the
 rows indistinguishable from the best.
 
-python -m stages.leaderboard                       # every run of the experiment
-python -m stages.leaderboard --sweep depth-lr      # one sweep
-python -m stages.leaderboard --sweep depth-lr --summarize   # also nest its runs and log the summary
+thaw leaderboard                       # every run of the experiment
+thaw leaderboard --sweep depth-lr      # one sweep
+thaw leaderboard --sweep depth-lr --summarize   # also nest its runs and log the summary
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stages import sweeps, tracking
+from thaw import sweeps, tracking
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from thaw.errors import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -25,10 +27,6 @@ CIFAR10_CLASSES = (
 # them) but no stage trains or evaluates on them: `data.train_per_class` simulates scarce labels.
 TRAIN, VAL, TEST, UNLABELLED = 0, 1, 2, 3
 SPLIT_NAMES = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """The input data cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -267,3 +265,37 @@ def limit_training_labels(labels: np.ndarray, split: np.ndarray, per_class: int 
             )
         out[rng.permutation(train)[per_class:]] = UNLABELLED
     return out
+
+
+def ingest(
+    source: str,
+    path: str | None,
+    rows: int | None,
+    image_size: int,
+    resize: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    train_per_class: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Load, validate, subsample and split (keeping `train_per_class` training labels per class, if set);
+    return the arrays of the raw dataset: uint8 images, labels, split codes and class names."""
+    dataset = load_source(source, path, image_size, resize)
+    validate(dataset, image_size, where=path or source)
+    keep = subsample(dataset.labels, rows, seed)
+    labels = dataset.labels[keep]
+    split = stratified_split(labels, dataset.class_names, val_fraction, test_fraction, seed)
+    split = limit_training_labels(labels, split, train_per_class, seed)
+    return {
+        "images": dataset.images[keep],
+        "labels": labels,
+        "split": split,
+        "class_names": np.asarray(dataset.class_names),
+    }
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> float32 0..1 (the seed's 120 -> 0.47)."""
+    if images.dtype != np.uint8:
+        raise DataError(f"normalize expects uint8 images (ingest's output), got {images.dtype}")
+    return images.astype(np.float32) / np.float32(255.0)

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.artifacts import atomic_path
+from thaw.artifacts import atomic_path
 
-STAGE_ORDER = ("ingest", "normalize", "extract-frozen", "train-head", "unfreeze", "finetune")
 PHASE_TITLES = {"head": "classifier layers on the frozen base", "finetune": "fine-tuning the unfrozen layers"}
 
 

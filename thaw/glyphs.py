@@ -7,7 +7,7 @@ import string
 
 import numpy as np
 
-from stages.datasources import ImageDataset, upscale_low_res
+from thaw.datasources import ImageDataset, upscale_low_res
 
 SENSOR = 8  # the digits are 8x8 scans; the letters are sampled at the same resolution
 CANVAS = 64  # letters are drawn large, then reduced to the sensor grid

@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stages import keras_archive
-from stages.artifacts import atomic_path
-from stages.freezing import BASE_NAME  # the base's layer name; defined in freezing, which runs without Keras
+from thaw import keras_archive
+from thaw.artifacts import atomic_path
+from thaw.freezing import BASE_NAME  # the base's layer name; defined in freezing, which runs without Keras
 
 log = logging.getLogger(__name__)
 
