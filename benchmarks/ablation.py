@@ -5,7 +5,7 @@ several seeds, at the default size and with few labels, each arm tuned on the va
     python benchmarks/ablation.py --seeds 42 43 --labels all 10
     python benchmarks/ablation.py --smoke                 # tiny data and epochs, one seed (for CI)
 
-Arms (the stages' own functions, in one process, with the values of params.yaml):
+Arms (the pipeline's own `thaw` functions, in one process, with the values of params.yaml):
   pretrained      the pipeline: the glyph-pretrained base frozen, its head, then fine-tuned (unfreeze.layers)
   random+BN       the same architecture randomly initialised, BatchNorm statistics recalibrated on the
                   target's training images, the same head, then fine-tuned the same way
@@ -34,13 +34,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from thaw import model, training
-from thaw.datasources import TEST, TRAIN, VAL, limit_training_labels
+from thaw import config, model, training
+from thaw.datasources import TEST, TRAIN, VAL, ingest, limit_training_labels, normalize
 from thaw.freezing import freeze, unfreeze_top_layers
-from stages.ingest import ingest
-from stages.normalize import normalize
-from thaw.config import BaseParams, load_section, load_seed
-from stages.pretrain_base import pretrain_on_glyphs
+from thaw.transfer import pretrain_on_glyphs
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the grid: the pipeline's rate, a third of it and three times it
 PROBE_C = (0.01, 0.1, 1.0, 10.0)
@@ -141,12 +138,11 @@ def probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarra
     return best
 
 
-def run_seed(params: str, seed: int, regimes: list[int | None], smoke: bool) -> dict[tuple[str, str], Result]:
+def run_seed(params: config.Params, seed: int, regimes: list[int | None], smoke: bool) -> dict[tuple[str, str], Result]:
     """Every arm for one seed and every label regime: (regime, arm) -> result."""
-    data_p = load_section(params, "data")
-    base_p: BaseParams = load_section(params, "base")
-    cfg = {"train_head": load_section(params, "train_head"), "finetune": load_section(params, "finetune"),
-           "layers": load_section(params, "unfreeze").layers, "factors": LR_FACTORS}  # fmt: skip
+    data_p, base_p = params.data, params.base
+    cfg = {"train_head": params.train_head, "finetune": params.finetune, "layers": params.unfreeze.layers,
+           "factors": LR_FACTORS}  # fmt: skip
     if smoke:  # every arm and code path, one grid point each
         cfg["factors"] = (1.0,)
         data_p = dataclasses.replace(data_p, rows=SMOKE["rows"])
@@ -223,9 +219,9 @@ def main() -> None:
                         "and data.train_per_class)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny data and epochs, one seed (for CI)")
     args = parser.parse_args()
-    first = load_seed(args.params)
-    seeds = args.seeds or [first + i for i in range(5)]
-    default = load_section(args.params, "data").train_per_class
+    params = config.load(args.params)  # read and validated once; the smoke mode shrinks copies of its sections
+    seeds = args.seeds or [params.seed + i for i in range(5)]
+    default = params.data.train_per_class
     labels = args.labels or sorted(
         {"5", "20", "all", str(default or "all")}, key=lambda v: (v == "all", int(v) if v != "all" else 0)
     )
@@ -234,7 +230,7 @@ def main() -> None:
         seeds, regimes = seeds[:1], [2]
 
     start = time.perf_counter()
-    per_seed = [run_seed(args.params, seed, regimes, args.smoke) for seed in seeds]
+    per_seed = [run_seed(params, seed, regimes, args.smoke) for seed in seeds]
     names = list(dict.fromkeys(arm for _, arm in per_seed[0]))
     print(f"Test accuracy (%), mean and 95 % interval over seeds {seeds}; train accuracy of the chosen point.")
     for per_class in regimes:

@@ -66,14 +66,15 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
     """
     import keras
 
-    from thaw import artifacts, model, training
+    from thaw import artifacts, config, model, training
+    from thaw.datasources import TRAIN
     from thaw.freezing import freeze
-    from thaw.config import load_section
 
-    steps = load_section(root / "params.yaml", "runtime").steps_per_execution
+    params = config.load(root / "params.yaml")
+    steps = params.runtime.steps_per_execution
     features = artifacts.read_npz(root / "data/features/features.npz")
     pixels = artifacts.read_npz(root / "data/normalized/dataset.npz")
-    train = features["split"] == 0
+    train = features["split"] == TRAIN
     base = model.load_keras_model(root / "models/base.keras")
     freeze(base)
 
@@ -98,7 +99,7 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
             calls.append(time.perf_counter() - start)
         return statistics.median(timer.seconds[1:]), statistics.median(calls)
 
-    p = load_section(root / "params.yaml", "train_head")
+    p = params.train_head
     shape = features["features"].shape[1:]
     head = model.build_head(shape, len(features["class_names"]), p.units, p.dropout, p.pool)
     cached = epoch(head, features["features"][train], features["labels"][train])

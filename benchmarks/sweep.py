@@ -52,7 +52,8 @@ def naive_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[float, coll
     outputs, start = [], time.perf_counter()
     for layers in grid[0]:
         for lr in grid[1]:
-            sh([sys.executable, "-m", "thaw.commands.compose", f"unfreeze.layers={layers}", f"finetune.lr={lr}"], root, env)
+            overrides = [f"unfreeze.layers={layers}", f"finetune.lr={lr}"]
+            sh([sys.executable, "-m", "thaw.commands.compose", *overrides], root, env)
             outputs.append(sh(["dvc", "repro", "--force"], root, env))
     return time.perf_counter() - start, count(outputs)
 

@@ -1,5 +1,5 @@
-"""thaw.compose: conf/ composed with Hydra is exactly the committed params.yaml, overrides compose, unknown keys
-are refused by Hydra's struct mode, and every composed variant passes stages.params validation."""
+"""thaw.commands.compose: conf/ composed with Hydra is exactly the committed params.yaml, overrides compose,
+unknown keys are refused by Hydra's struct mode, and every composed variant passes thaw.config validation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
+from thaw import config
 from thaw.commands import compose
 from thaw.commands.compose import compose_params
-from thaw.config import SECTIONS, ConfigError, check_params_file, load_section, load_seed
+from thaw.config import SECTIONS, ConfigError, Params
 
 # Config-group options whose `path` is `???` or needed by the schema: they compose, but must be given a path.
 NEEDS_PATH = {("data", "cifar10"), ("data", "folder"), ("data", "npz"), ("base", "file"), ("base", "keras_app")}
@@ -21,21 +22,19 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / group).glob("*.yaml"))
 
 
-def validate_all(tmp_path: Path, text: str) -> dict[str, object]:
-    """Write the composed text and read every section back the way the stages do."""
+def validate_all(tmp_path: Path, text: str) -> Params:
+    """Write the composed text and read it back the way the stages do: every section, the seed, and the
+    inputs against the paths."""
     path = tmp_path / "params.yaml"
     path.write_text(text, encoding="utf-8")
-    check_params_file(path)  # every section, and the inputs against the paths
-    sections: dict[str, object] = {name: load_section(path, name) for name in SECTIONS}
-    sections["seed"] = load_seed(path)
-    return sections
+    return config.load(path)
 
 
 def test_composed_defaults_are_the_committed_params_yaml(project_root: Path) -> None:
-    """params.yaml is generated from conf/: the two must never drift (run `python -m stages.compose`)."""
+    """params.yaml is generated from conf/: the two must never drift (run `thaw compose`)."""
     composed = compose_params(project_root / "conf")
     committed = (project_root / "params.yaml").read_text(encoding="utf-8")
-    assert composed == committed, "params.yaml is out of date with conf/: run `python -m stages.compose`"
+    assert composed == committed, "params.yaml is out of date with conf/: run `thaw compose`"
 
 
 def test_compose_cli_writes_the_same_text(project_root: Path, tmp_path: Path) -> None:
@@ -47,7 +46,7 @@ def test_compose_cli_writes_the_same_text(project_root: Path, tmp_path: Path) ->
 def test_compose_cli_applies_overrides(project_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "params.yaml"
     compose.main(["unfreeze.layers=4", "--config-dir", str(project_root / "conf"), "--out", str(out)])
-    assert load_section(out, "unfreeze").layers == 4
+    assert config.load(out).unfreeze.layers == 4
 
 
 def test_committed_params_sections_match_the_schemas(project_root: Path) -> None:
@@ -99,9 +98,10 @@ def test_overrides_compose_and_validate(
     raw = yaml.safe_load(text)
     for (section, key), value in expected.items():
         assert raw[section].get(key) == value, (section, key)
-    sections = validate_all(tmp_path, text)
+    params = validate_all(tmp_path, text)
     for (section, key), value in expected.items():
-        assert getattr(sections[section], key) == value, (section, key)
+        parsed = getattr(params, section)
+        assert (parsed.get(key) if section == "inputs" else getattr(parsed, key)) == value, (section, key)
 
 
 def test_override_leaves_the_rest_unchanged(project_root: Path) -> None:
@@ -119,7 +119,7 @@ def test_unknown_key_override_is_rejected_by_struct_mode(project_root: Path, ove
 
 
 def test_appended_unknown_key_composes_but_fails_validation(project_root: Path, tmp_path: Path) -> None:
-    """`+key=value` gets past Hydra; the schema check in stages.params still refuses it."""
+    """`+key=value` gets past Hydra; the schema check in thaw.config still refuses it."""
     text = compose_params(project_root / "conf", ["+finetune.lrr=1"])
     with pytest.raises(ConfigError, match=r"finetune\.lrr: .*keys of finetune: "):
         validate_all(tmp_path, text)
@@ -150,24 +150,21 @@ def test_every_option_validates_once_its_path_is_supplied(
     overrides = [f"{group}={option}"]
     if (group, option) in NEEDS_PATH:
         overrides.append(f"{group}.path=some/input")
-    sections = validate_all(tmp_path, compose_params(project_root / "conf", overrides))
-    kind = sections[group].source if group == "data" else sections[group].kind
+    params = validate_all(tmp_path, compose_params(project_root / "conf", overrides))
+    kind = params.data.source if group == "data" else params.base.kind
     assert kind == option
 
 
-@pytest.mark.parametrize(("group", "option"), sorted(NEEDS_PATH))
+@pytest.mark.parametrize(
+    ("group", "option"),
+    sorted(NEEDS_PATH),
+)
 def test_options_that_need_a_path_fail_validation_without_one(
     project_root: Path, tmp_path: Path, group: str, option: str
 ) -> None:
     text = compose_params(project_root / "conf", [f"{group}={option}"])
-    path = tmp_path / "params.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"{group}\.path( = None is not allowed|: a value must be supplied)"):
-        load_section(path, group)
-    # The other sections are still fine (but `inputs`, which names the same missing path).
-    for name in SECTIONS:
-        if name not in (group, "inputs"):
-            load_section(path, name)
+    with pytest.raises(ConfigError, match=rf"params\.yaml: {group}\.path needs a value .*-S {group}\.path=\.\.\."):
+        validate_all(tmp_path, text)
 
 
 @pytest.mark.parametrize("option", ["cifar10", "folder", "npz"])

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from thaw import model
-from thaw.freezing import freeze, layer_table, thawable_layers, unfreeze_top_layers, weighted_layers
+from thaw.freezing import (
+    freeze,
+    layer_table,
+    table_summary,
+    thaw_saved_model,
+    thaw_table,
+    thawable_layers,
+    unfreeze_top_layers,
+    weighted_layers,
+)
 
 IMAGE = 16
 FILTERS = [4, 8, 8]
@@ -191,3 +200,58 @@ def test_nested_base_is_walked_into_and_trains():
     assert np.array_equal(kernels[2], inner.get_layer("conv2").kernel.numpy())
     assert not np.array_equal(kernels[3], inner.get_layer("conv3").kernel.numpy())
     assert np.array_equal(mean, inner.get_layer("bn3").moving_mean.numpy())
+
+
+# thawing a saved model, as the unfreeze stage does (no TensorFlow needed) ----------------------------------------
+
+
+def _thaw_saved(classifier: keras.Model, n: int, tmp_path: Path) -> tuple[keras.Model, list[str], list[dict]]:
+    """Save `classifier` (base frozen) and thaw its top `n` base layers the way the unfreeze stage does."""
+    model.save_model(classifier, tmp_path / "model.keras")
+    frozen = layer_table(classifier)
+    thawed, table = thaw_table(frozen, n)
+    weighted = [row["layer"] for row in frozen if row["part"] == model.BASE_NAME]
+    thaw_saved_model(tmp_path / "model.keras", tmp_path / "unfrozen.keras", weighted, thawed)
+    return model.load_keras_model(tmp_path / "unfrozen.keras", compile=False), thawed, table
+
+
+def test_thawing_the_saved_model_matches_thawing_the_live_one(tmp_path: Path):
+    loaded, thawed, table = _thaw_saved(_classifier(), 2, tmp_path)
+    assert thawed == ["conv2", "conv3"]
+    assert layer_table(loaded) == table  # the table unfreeze writes is what Keras loads
+    reference = _classifier()
+    unfreeze_top_layers(reference, 2)
+    assert layer_table(reference) == table  # and what thawing the live model gives
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in reference.trainable_weights]
+    for ours, theirs in zip(loaded.get_weights(), _classifier().get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # weights copied unchanged
+    assert table_summary(table) == {
+        "trainable_layers": 4,  # conv2, conv3, and the head's two dense layers
+        "frozen_layers": 4,  # conv1 and the three BatchNorms
+        "trainable_params": 3 * 3 * 4 * 8 + 3 * 3 * 8 * 8 + (2 * 2 * 8 * 8 + 8) + (8 * CLASSES + CLASSES),
+        "total_params": loaded.count_params(),
+    }
+
+
+def test_thawing_zero_keeps_the_base_frozen_and_the_bytes_are_deterministic(tmp_path: Path):
+    classifier = _classifier()
+    loaded, thawed, _ = _thaw_saved(classifier, 0, tmp_path)
+    assert thawed == []
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in classifier.trainable_weights]
+    first = (tmp_path / "unfrozen.keras").read_bytes()
+    weighted = [row["layer"] for row in layer_table(classifier) if row["part"] == model.BASE_NAME]
+    thaw_saved_model(tmp_path / "model.keras", tmp_path / "again.keras", weighted, thawed)
+    assert (tmp_path / "again.keras").read_bytes() == first
+
+
+def test_thaw_table_refuses_a_depth_beyond_the_base_with_the_names():
+    with pytest.raises(ValueError, match=r"unfreeze\.layers = 7.*conv1, conv2, conv3"):
+        thaw_table(layer_table(_classifier()), 7)
+
+
+def test_thaw_saved_model_rejects_a_file_without_a_base(tmp_path: Path):
+    path = tmp_path / "head.keras"
+    model.save_model(model.build_head((4, 4, 8), CLASSES, 8, 0.0), path)
+    with pytest.raises(ValueError, match=r"head\.keras: expected one layer named 'base'"):
+        thaw_saved_model(path, tmp_path / "out.keras", [], [])
+    assert not (tmp_path / "out.keras").exists()

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from thaw.artifacts import read_csv, write_csv
-from thaw.reporting import STAGE_ORDER, loss_bar, observations, plot_confusion, plot_curves, render_report
+from thaw.dataflow import STAGE_ORDER
+from thaw.reporting import loss_bar, observations, plot_confusion, plot_curves, render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

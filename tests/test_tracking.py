@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from thaw import tracking
+from thaw import artifacts, tracking
+from thaw.errors import ConfigError
 from thaw.tracking import PHASE_CODES, VARIANT_TAG, RunRecord
 
 # tracking_uri / project_root ------------------------------------------------------------------------------------
@@ -284,3 +285,110 @@ def test_a_failed_log_run_is_marked_failed_and_not_reused(store: dict[str, Any],
     result = tracking.log_run(store["uri"], _record(store), "variant-f", store["artifact_root"])
     assert result["run_id"] != failed.info.run_id
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+# failing fast, retrying -----------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_tracking_server_fails_with_the_fix():
+    with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:9 is unreachable.*unset it"):
+        tracking.check_store("http://127.0.0.1:9", timeout=2)
+
+
+def test_a_sqlite_store_needs_a_writable_folder(tmp_path: Path):
+    tracking.check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ConfigError, match="missing or not writable"):
+        tracking.check_store(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
+
+
+def test_transient_tracking_errors_are_retried_and_the_last_one_raised():
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("database is locked")
+        return "logged"
+
+    assert tracking.with_retries(flaky, attempts=4, delay=0.01) == "logged"
+    assert len(calls) == 3
+
+    def down() -> None:
+        calls.append(1)
+        raise OSError("connection refused")
+
+    calls.clear()
+    with pytest.raises(OSError, match="connection refused"):
+        tracking.with_retries(down, attempts=2, delay=0.01)
+    assert len(calls) == 2
+    with pytest.raises(KeyError):  # not a tracking error: not retried
+        tracking.with_retries(lambda: {}["x"], attempts=3, delay=0.01)
+
+
+def test_the_artifact_root_is_mlartifacts_only_for_the_embedded_store(tmp_path: Path):
+    assert tracking.artifact_root(tmp_path, {}) == tmp_path / "mlartifacts"
+    assert tracking.artifact_root(tmp_path, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) is None
+
+
+# the run gathered from the stages' outputs ---------------------------------------------------------------------
+
+
+def _outputs(root: Path) -> dict[str, Path]:
+    """The files track reads, as the stages leave them (tiny)."""
+    history = [{"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4}]
+    for name in ("data", "base"):
+        artifacts.write_json(root / "inputs" / f"{name}.json", {"kind": "none", "path": None})
+    for name, _ in tracking.METRIC_FILES:
+        artifacts.write_json(root / "metrics" / f"{name}.json", {"test_accuracy": 0.9, "kind": "glyphs"})
+    artifacts.write_csv(root / "plots/train_head.csv", history)
+    artifacts.write_csv(root / "plots/finetune.csv", [{**history[0], "epoch": 2, "phase": "finetune"}])
+    artifacts.write_csv(root / "plots/confusion.csv", [{"actual": "a", "predicted": "a"}])
+    for name in ("trace.md", "curves.png", "confusion.png", "layers.csv"):
+        artifacts.write_text(root / "reports" / name, name)
+    artifacts.write_text(root / "models/finetuned.keras", "model bytes")
+    lock = {"schema": "2.0", "stages": {"finetune": {"cmd": "x", "deps": [{"path": "thaw/transfer.py", "md5": "c1"}],
+                                                     "outs": [{"path": "models/finetuned.keras", "md5": "m1"}]}}}  # fmt: skip
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    return {"reports": root / "reports", "plots": root / "plots", "metrics": root / "metrics",
+            "finetuned": root / "models/finetuned.keras", "lock": root / "dvc.lock", "inputs": root / "inputs"}  # fmt: skip
+
+
+def _gather(paths: dict[str, Path], params: dict[str, Any], environ: dict[str, str] | None = None):
+    return tracking.record_from_outputs(params, experiment="thaw", environ=environ or {}, **paths)
+
+
+def test_the_run_record_holds_metrics_tags_and_files(tmp_path: Path):
+    paths = _outputs(tmp_path)
+    params = {"seed": 1, "unfreeze": {"layers": 2}, "finetune": {"lr": 1e-4}}
+    record, _ = _gather(paths, params, {"DVC_EXP_NAME": "bold-cat"})
+    assert record.run_name == "bold-cat"
+    assert record.params == {"seed": 1, "unfreeze.layers": 2, "finetune.lr": 1e-4}
+    assert record.final_metrics["head_test_accuracy"] == record.final_metrics["test_accuracy"] == 0.9
+    assert "head_kind" not in record.final_metrics  # only numbers are metrics
+    assert record.tags["dvc.experiment"] == "bold-cat"
+    assert record.tags["thaw.input.data"] == "none"
+    assert record.tags["dvc.lock.finetune:models/finetuned.keras"] == "m1"
+    assert not any(key.endswith(".py") for key in record.tags)  # code is in the git commit, not in tags
+    assert [p.name for p in record.artifacts["model"]] == ["finetuned.keras"]
+    assert [row["phase"] for row in record.history] == ["head", "finetune"]
+
+
+def test_the_variant_key_moves_with_params_and_every_file_track_reads_and_nothing_else(tmp_path: Path):
+    paths = _outputs(tmp_path)
+    params = {"seed": 1, "unfreeze": {"layers": 2}}
+    _, key = _gather(paths, params)
+    assert _gather(paths, params, {"DVC_EXP_NAME": "other"})[1] == key
+    # DVC reruns track only when its deps or params change: the key must not depend on anything else, such
+    # as another stage's code hash in dvc.lock (the committed lock would then differ from a fresh clone's).
+    paths["lock"].write_text(paths["lock"].read_text().replace("c1", "c2"))
+    assert _gather(paths, params)[1] == key
+    assert _gather(paths, {**params, "seed": 2})[1] != key
+    for changed in (paths["metrics"] / "finetune.json", paths["inputs"] / "data.json", paths["reports"] / "trace.md",
+                    paths["plots"] / "confusion.csv", paths["finetuned"]):  # fmt: skip
+        original = changed.read_bytes()
+        changed.write_bytes(original + b" ")
+        assert _gather(paths, params)[1] != key, changed
+        changed.write_bytes(original)
+    assert _gather(paths, params)[1] == key

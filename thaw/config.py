@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -87,11 +87,14 @@ class PretrainParams:
 
 @dataclass
 class BaseParams:
+    """The base: `glyphs` (pretrained here) and `random` are built from `filters` (and `glyphs` pretrained as
+    `pretrain` says); `file` and `keras_app` are read from `path`, and leave `filters` and `pretrain` null."""
+
     kind: str
     path: str | None
     application: str | None
-    filters: list[int]
-    pretrain: PretrainParams
+    filters: list[int] | None
+    pretrain: PretrainParams | None
 
     def __post_init__(self) -> None:
         _require(self.kind in BASE_KINDS, "base.kind", self.kind, f"one of {list(BASE_KINDS)}")
@@ -100,12 +103,15 @@ class BaseParams:
         if self.kind == "keras_app":
             _require(bool(self.application), "base.application", self.application, "a Keras Applications name")
             _require(bool(self.path), "base.path", self.path, "the path of the application's weights file")
-        _require(
-            len(self.filters) >= 1 and all(f >= 1 for f in self.filters),
-            "base.filters",
-            self.filters,
-            "a non-empty list of positive filter counts",
-        )
+        if self.kind in ("glyphs", "random"):
+            _require(
+                bool(self.filters) and all(f >= 1 for f in self.filters or []),
+                "base.filters",
+                self.filters,
+                f"a non-empty list of positive filter counts (base={self.kind} builds its layers from it)",
+            )
+        if self.kind == "glyphs":
+            _require(self.pretrain is not None, "base.pretrain", self.pretrain, "the pretraining settings")
 
 
 @dataclass
@@ -239,17 +245,32 @@ def parse(raw: Mapping[str, Any], where: str | Path = "params") -> Params:
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
+        for name in SECTIONS:  # OmegaConf reports a list given for a section without the section's name
+            if name in raw and not isinstance(raw[name], Mapping):
+                keys = getattr(get_type_hints(Params)[name], "__dataclass_fields__", INPUT_NAMES)
+                _require(False, name, raw[name], f"a mapping of keys among {', '.join(f'{name}.{k}' for k in keys)}")
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), dict(raw)))  # type: ignore[return-value]
     except MissingMandatoryValue as exc:
         key = exc.full_key
+        if key.startswith("inputs."):  # composed as ${data.path} / ${base.path}: name the key to set
+            key = f"{key.removeprefix('inputs.')}.path"
         raise ConfigError(f"{where}: {key} needs a value (it is missing or ???): set it, e.g. `{key}=...` in "
                           f"a sweep or `-S {key}=...` with dvc exp run, or add it to conf/") from None  # fmt: skip
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
-        section = key.split(".", 1)[0]
-        fields = getattr(get_type_hints(Params).get(section), "__dataclass_fields__", None)
-        allowed = f" (keys of {section}: {', '.join(f'{section}.{f}' for f in fields)})" if fields else ""
-        if section not in Params.__dataclass_fields__:
+        schema: type = Params  # the innermost schema on the key's path lists its keys (base.pretrain.*)
+        prefix = ""
+        for part in key.split("."):
+            hint = get_type_hints(schema).get(part)
+            hint = next((t for t in (hint, *get_args(hint)) if isinstance(t, type) and is_dataclass(t)), None)
+            if hint is None:
+                break
+            schema, prefix = hint, f"{prefix}{part}."
+        if schema is not Params:
+            allowed = f" (keys of {prefix[:-1]}: {', '.join(prefix + f for f in schema.__dataclass_fields__)})"
+        elif key.split(".", 1)[0] in Params.__dataclass_fields__:
+            allowed = ""
+        else:
             allowed = f" (top-level keys: {', '.join(Params.__dataclass_fields__)})"
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{where}: {key or 'params'}: {reason}{allowed}") from None

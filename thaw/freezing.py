@@ -4,7 +4,7 @@ The rule (thaw the top N layers with weights, never BatchNorm) is written once, 
 `unfreeze` stage can thaw a saved model without importing TensorFlow: it flips the `trainable` flags in the
 archive's `config.json` and copies the weights byte for byte. Keras applies `trainable` from that config when
 it loads the model, exactly as if the flags had been set on the live layers and the model saved
-(tests/test_tf_stages.py checks the two against each other). Keras itself has no API that edits a saved model
+(tests/test_freezing.py checks the two against each other). Keras itself has no API that edits a saved model
 without building it, and building it is what costs the import.
 """
 

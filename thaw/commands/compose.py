@@ -26,7 +26,7 @@ def compose_params(config_dir: str | Path, overrides: Sequence[str] = (), config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="thaw compose", description=__doc__.strip().splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. unfreeze.layers=4")
     parser.add_argument("--config-dir", default="conf")
     parser.add_argument("--out", default="params.yaml")

@@ -16,7 +16,7 @@ from thaw import sweeps, tracking
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="thaw leaderboard", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--sweep", help="a sweep id (tracking.sweep); default: all runs")
     parser.add_argument("--experiment", default="thaw")
     parser.add_argument("--metric", default="val_accuracy", help="rank by this metric (default: %(default)s)")

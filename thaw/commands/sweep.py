@@ -104,7 +104,9 @@ def run_point(
     return value
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
+# An absolute path: a relative one is resolved against the calling module, which is not this file when the
+# `thaw` console command imports it.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="sweep")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 

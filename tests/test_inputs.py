@@ -1,18 +1,15 @@
-"""thaw.input: content fingerprints of external files and folders, and the check that a stage reads the
+"""thaw.inputs: content fingerprints of external files and folders, and the check that a stage reads the
 path its fingerprint is of."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from stages import input as input_stage
-from thaw.datasources import DataError
+from thaw.errors import DataError
 from thaw.inputs import NO_INPUT, check_fingerprint, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,26 +67,3 @@ def test_a_stage_refuses_a_fingerprint_of_another_path(tmp_path: Path) -> None:
 def test_the_committed_fingerprints_say_no_input(project_root: Path) -> None:
     for name in ("data", "base"):
         assert json.loads((project_root / "data/inputs" / f"{name}.json").read_text()) == NO_INPUT
-
-
-def test_the_stage_writes_the_fingerprint_without_heavy_imports(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "images")
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['input', '--path', {str(root)!r}, '--out', 'inputs/data.json']\n"
-        "runpy.run_module('stages.input', run_name='__main__', alter_sys=True)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'keras', 'mlflow'})\n"
-        "assert not heavy, heavy[:5]\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "inputs/data.json").read_text()) == fingerprint(root)
-
-
-def test_the_stage_fails_cleanly_on_a_missing_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        input_stage.cli.run(input_stage.main, ["--path", str(tmp_path / "gone.npz"), "--out", "out.json"])
-    assert exit_info.value.code == 2
-    assert not (tmp_path / "out.json").exists()
