@@ -152,8 +152,8 @@ def run_seed(params: config.Params, seed: int, regimes: list[int | None], smoke:
     # Every training label first; each regime then keeps `per_class` of them, as ingest does.
     raw = ingest(data_p.source, data_p.path, data_p.rows, data_p.image_size, data_p.resize,
                  data_p.val_fraction, data_p.test_fraction, seed)  # fmt: skip
-    pixels, labels = normalize(raw["images"]), raw["labels"]
-    cfg["classes"] = len(raw["class_names"])
+    pixels, labels = normalize(raw.images()), raw.labels
+    cfg["classes"] = len(raw.class_names)
     size = data_p.image_size
 
     def base(kind: str, train_images: np.ndarray | None) -> keras.Model:

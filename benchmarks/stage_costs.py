@@ -66,15 +66,15 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
     """
     import keras
 
-    from thaw import artifacts, config, model, training
+    from thaw import config, model, shards, training
     from thaw.datasources import TRAIN
     from thaw.freezing import freeze
 
     params = config.load(root / "params.yaml")
     steps = params.runtime.steps_per_execution
-    features = artifacts.read_npz(root / "data/features/features.npz")
-    pixels = artifacts.read_npz(root / "data/normalized/dataset.npz")
-    train = features["split"] == TRAIN
+    features = shards.open_dataset(root / "data/features")
+    pixels = shards.open_dataset(root / "data/normalized")
+    train = features.split == TRAIN
     base = model.load_keras_model(root / "models/base.keras")
     freeze(base)
 
@@ -100,11 +100,11 @@ def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
         return statistics.median(timer.seconds[1:]), statistics.median(calls)
 
     p = params.train_head
-    shape = features["features"].shape[1:]
-    head = model.build_head(shape, len(features["class_names"]), p.units, p.dropout, p.pool)
-    cached = epoch(head, features["features"][train], features["labels"][train])
-    through = model.assemble(base, model.build_head(shape, len(features["class_names"]), p.units, p.dropout, p.pool))
-    slow = epoch(through, pixels["pixels"][train], pixels["labels"][train])
+    shape = features.array.shape[1:]
+    head = model.build_head(shape, len(features.class_names), p.units, p.dropout, p.pool)
+    cached = epoch(head, features.array[train], features.labels[train])
+    through = model.assemble(base, model.build_head(shape, len(features.class_names), p.units, p.dropout, p.pool))
+    slow = epoch(through, pixels.array[train], pixels.labels[train])
     return {"epoch": (cached[0], slow[0]), "fit call": (cached[1], slow[1])}
 
 

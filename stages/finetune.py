@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, model, stage, tracking, training, transfer
+from thaw import artifacts, dataflow, model, shards, stage, tracking, training, transfer
 from thaw.datasources import TEST, VAL
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if finetune.lr >= params.train_head.lr:
         log.warning("finetune.lr = %g is not below train_head.lr = %g; fine-tuning usually wants a lower rate",
                     finetune.lr, params.train_head.lr)  # fmt: skip
-    data = artifacts.read_npz(args.normalized)
-    pixels, labels, split, names = data["pixels"], data["labels"], data["split"], data["class_names"]
+    data = shards.open_dataset(args.normalized)
+    pixels, labels, split, names = data.array, data.labels, data.split, data.class_names
     first_epoch = int(artifacts.read_csv(args.head_history)[-1]["epoch"]) + 1
     settings = {"finetune": dataclasses.asdict(finetune), "runtime": dataclasses.asdict(params.runtime),
                 "seed": params.seed}  # fmt: skip
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             classifier = model.load_keras_model(args.model, compile=False)
             history = transfer.finetune(classifier, pixels, labels, split, finetune, first_epoch, params.seed,
                                         run.checkpoint, run.steps_per_execution)  # fmt: skip
-        test, predicted = training.evaluate(classifier, pixels[split == TEST], labels[split == TEST])
+        test, predicted = training.evaluate(classifier, shards.rows(pixels, split == TEST), labels[split == TEST])
         # The row counts let a sweep put a binomial interval on a single seed's accuracies.
         metrics = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
                    "val_rows": int((split == VAL).sum()), "test_rows": int((split == TEST).sum()),
@@ -47,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         artifacts.write_csv(args.history, history)
         artifacts.write_json(args.metrics, metrics)
         artifacts.write_csv(args.confusion, confusion)
-        artifacts.write_json(args.flow, dataflow.finetune_row(pixels, classifier.predict(pixels[:1], verbose=0)))
+        artifacts.write_json(
+            args.flow, dataflow.finetune_row(pixels.shape, classifier.predict(pixels[:1], verbose=0)[0])
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, model, stage, tracking, training, transfer
+from thaw import artifacts, dataflow, model, shards, stage, tracking, training, transfer
 from thaw.datasources import TEST
 from thaw.freezing import freeze, layer_table
 
@@ -21,16 +21,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "features", "base", "head", "model", "layers", "history", "metrics",
                                "flow")  # fmt: skip
     head_params = params.train_head
-    data = artifacts.read_npz(args.features)
-    features, labels, split = data["features"], data["labels"], data["split"]
+    data = shards.open_dataset(args.features)
+    features, labels, split = data.array, data.labels, data.split
     settings = {"train_head": dataclasses.asdict(head_params), "runtime": dataclasses.asdict(params.runtime),
                 "seed": params.seed}  # fmt: skip
     uri = tracking.tracking_uri(tracking.project_root())
     with training.stage_run("train-head", params.runtime, settings, [args.features], uri) as run:
         with run.strategy.scope():
-            head, history = transfer.train_head(features, labels, split, len(data["class_names"]), head_params,
+            head, history = transfer.train_head(features, labels, split, len(data.class_names), head_params,
                                                 params.seed, run.checkpoint, run.steps_per_execution)  # fmt: skip
-        test, _ = training.evaluate(head, features[split == TEST], labels[split == TEST])
+        test, _ = training.evaluate(head, shards.rows(features, split == TEST), labels[split == TEST])
         base = model.load_keras_model(args.base)
         freeze(base)
         classifier = model.assemble(base, head)
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         artifacts.write_csv(args.layers, layer_table(classifier))  # what unfreeze thaws, without loading Keras
         artifacts.write_csv(args.history, history)
         artifacts.write_json(args.metrics, metrics)
-        artifacts.write_json(args.flow, dataflow.head_row(features, head.predict(features[:1], verbose=0)))
+        artifacts.write_json(args.flow, dataflow.head_row(features.shape, head.predict(features[:1], verbose=0)[0]))
 
 
 if __name__ == "__main__":

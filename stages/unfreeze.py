@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, freezing, stage
+from thaw import artifacts, dataflow, freezing, shards, stage
 from thaw.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = freezing.table_with_flags(frozen, flags)
     thawed = [name for name in weighted if flags[name]]
     log.info("unfroze %d base layers: %s", len(thawed), ", ".join(thawed) or "(none)")
-    features = artifacts.read_npz(args.features)["features"]
+    features = shards.open_dataset(args.features).array  # only its shape is read
     artifacts.write_csv(args.layers, table)
     artifacts.write_json(args.metrics, freezing.table_summary(table))
     artifacts.write_json(args.flow, dataflow.unfreeze_row(features.shape[1:], thawed, len(features)))

@@ -18,8 +18,7 @@ def test_format_probabilities_elides_the_middle():
 
 
 def test_ingest_row_names_row_zeros_label_and_every_class():
-    images = np.zeros((5, 8, 8, 3), np.uint8)
-    row = dataflow.ingest_row(images, np.array([2, 0, 1, 2, 0]), np.array(["cat", "dog", "owl"]))
+    row = dataflow.ingest_row((5, 8, 8, 3), np.array([2, 0, 1, 2, 0]), ("cat", "dog", "owl"))
     assert row["stage"] == "ingest"
     assert row["input"] == row["output"] == "5 rows x 8 x 8 x 3"
     assert row["example"] == "row 0: a 8x8 image with label 'owl'"
@@ -27,27 +26,27 @@ def test_ingest_row_names_row_zeros_label_and_every_class():
 
 
 def test_normalize_row_is_the_seeds_worked_example():
-    images = np.zeros((2, 4, 4, 3), np.uint8)
-    images[0, 1, 2] = 120
-    row = dataflow.normalize_row(images, images.astype(np.float32) / np.float32(255))
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[1, 2] = 120
+    row = dataflow.normalize_row((2, 4, 4, 3), image, image.astype(np.float32) / np.float32(255))
     assert row["example"] == "pixel value 120 becomes 0.47"
     assert row["input"] == row["output"] == "2 rows x 4 x 4 x 3"
 
 
 def test_extract_row_names_the_busiest_feature_map():
-    features = np.zeros((3, 2, 2, 4), np.float32)
-    features[0, ..., 2] = 0.5
-    row = dataflow.extract_row(np.zeros((3, 8, 8, 3), np.float32), features)
+    features = np.zeros((2, 2, 4), np.float32)
+    features[..., 2] = 0.5
+    row = dataflow.extract_row((3, 8, 8, 3), (3, 2, 2, 4), features)
     assert row["output"] == "3 rows x 2 x 2 x 4"
     assert row["example"] == "row 0: feature map 2 responds most (mean activation 0.50)"
 
 
 def test_head_and_finetune_rows_show_class_probabilities():
-    probabilities = np.array([[0.1, 0.7, 0.2]])
-    head = dataflow.head_row(np.zeros((6, 2, 2, 4)), probabilities)
+    probabilities = np.array([0.1, 0.7, 0.2])
+    head = dataflow.head_row((6, 2, 2, 4), probabilities)
     assert head["output"] == "6 rows x 3 (class probabilities)"
     assert head["example"] == "[0.10, 0.70, 0.20]"
-    fine = dataflow.finetune_row(np.zeros((6, 8, 8, 3)), probabilities)
+    fine = dataflow.finetune_row((6, 8, 8, 3), probabilities)
     assert (fine["stage"], fine["input"]) == ("finetune", "6 rows x 8 x 8 x 3")
 
 

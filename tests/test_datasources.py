@@ -187,7 +187,7 @@ def test_folder_mismatched_sizes_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_folder(str(root), image_size=12, resize=False)
     message = str(info.value)
-    assert message.startswith(f"{odd}: image size 14x12 differs from 12x12")
+    assert message.startswith(f"{odd}: image size 14x12 differs from data.image_size = 12 (12x12)")
     assert "data.resize=true" in message
 
 
@@ -618,3 +618,48 @@ def test_limit_training_labels_keeps_k_per_class_and_leaves_val_and_test() -> No
     assert limit_training_labels(labels, split, None, seed=0) is split
     with pytest.raises(DataError, match=r"data\.train_per_class = 7 but class 0 has only 6 training rows"):
         limit_training_labels(labels, split, 7, seed=0)
+
+
+# --- streaming: nothing is read before it is asked for ---------------------------------------------------------------
+
+
+def test_a_folder_is_listed_without_decoding_and_every_file_read_is_checked(tmp_path: Path) -> None:
+    from thaw.datasources import open_folder
+
+    root = tmp_path / "images"
+    write_image(root / "a" / "0.png", (12, 12))
+    write_image(root / "b" / "0.png", (12, 12))
+    broken = root / "b" / "1.png"
+    broken.write_bytes(b"not a png")
+    source = open_folder(str(root), image_size=12, resize=False)  # listing only: no error yet
+    assert source.labels.tolist() == [0, 1, 1]
+    assert source.read(np.array([1, 0])).shape == (2, 12, 12, 3)
+    with pytest.raises(DataError, match=r"1\.png: unreadable or corrupt image"):
+        source.read(np.array([2]))
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_an_npz_is_read_by_rows_memory_mapped_or_not(tmp_path: Path, save) -> None:
+    from thaw.datasources import _npz_member, open_npz
+
+    x = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "x.npz"
+    save(path, x=x, y=np.arange(20) % 2)
+    mapped = _npz_member(path, "x")
+    assert (mapped is not None) == (save is np.savez)  # uncompressed members are memory-mapped in place
+    rows = np.array([19, 3, 3, 0])
+    np.testing.assert_array_equal(open_npz(str(path)).read(rows), x[rows])
+
+
+def test_ingest_streams_the_kept_rows_in_chunks(tmp_path: Path) -> None:
+    from thaw.datasources import ingest
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "x.npz"
+    np.savez(path, x=x, y=np.arange(40) % 2)
+    raw = ingest("npz", str(path), 30, 4, False, 0.2, 0.2, seed=1)
+    chunks = list(raw.chunks(7))
+    assert [len(c) for c in chunks] == [7, 7, 7, 7, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), x[raw.keep])
+    np.testing.assert_array_equal(raw.images(), x[raw.keep])
+    np.testing.assert_array_equal(raw.labels, (np.arange(40) % 2)[raw.keep])

@@ -30,7 +30,7 @@ def test_repro_runs_every_stage_and_writes_every_output(workspace, first_repro):
     root, _ = workspace
     assert set(SIX_STAGES) <= set(stages_run(first_repro))
     for rel in (
-        "data/raw/dataset.npz", "data/normalized/dataset.npz", "data/features/features.npz",
+        "data/raw/meta.json", "data/normalized/meta.json", "data/features/meta.json",
         "models/base.keras", "models/head.keras", "models/model.keras", "models/unfrozen.keras",
         "models/finetuned.keras", "plots/train_head.csv", "plots/finetune.csv", "plots/confusion.csv",
         "metrics/train_head.json", "metrics/finetune.json", "metrics/unfreeze.json", "reports/layers.csv",

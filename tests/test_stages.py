@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from thaw import artifacts, config, stage, transfer
+from thaw import artifacts, config, shards, stage, transfer
 from thaw.config import Params
 from thaw.errors import ConfigError
 from thaw.inputs import NO_INPUT, fingerprint
@@ -202,13 +202,13 @@ def light_project(workdir: Path, **data: Any) -> Path:
     return workdir
 
 
-def ingest(workdir: Path, out: str = "data/raw/dataset.npz") -> subprocess.CompletedProcess[str]:
+def ingest(workdir: Path, out: str = "data/raw") -> subprocess.CompletedProcess[str]:
     return run_stage(workdir, "stages.ingest", "--input", "inputs/data.json", "--out", out, "--flow",
                      "reports/flow/ingest.json")  # fmt: skip
 
 
-def normalize(workdir: Path, raw: str = "data/raw/dataset.npz") -> subprocess.CompletedProcess[str]:
-    return run_stage(workdir, "stages.normalize", "--raw", raw, "--out", "data/normalized/dataset.npz", "--flow",
+def normalize(workdir: Path, raw: str = "data/raw") -> subprocess.CompletedProcess[str]:
+    return run_stage(workdir, "stages.normalize", "--raw", raw, "--out", "data/normalized", "--flow",
                      "reports/flow/normalize.json")  # fmt: skip
 
 
@@ -234,9 +234,8 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ingest_writes_a_stratified_split_and_its_flow_row(light: Path):
-    with np.load(light / "data/raw/dataset.npz", allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["class_names", "images", "labels", "split"]
-        images, labels, split = npz["images"], npz["labels"], npz["split"]
+    raw = shards.open_dataset(light / "data/raw")
+    images, labels, split = raw.array[:], raw.labels, raw.split
     assert images.shape == (ROWS, 32, 32, 3) and images.dtype == np.uint8
     assert np.bincount(split, minlength=3).tolist() == [60, 20, 20]
     flow = json.loads((light / "reports/flow/ingest.json").read_text(encoding="utf-8"))
@@ -245,25 +244,24 @@ def test_ingest_writes_a_stratified_split_and_its_flow_row(light: Path):
 
 def test_ingest_is_byte_reproducible(light: Path):
     """Same params, same bytes: DVC sees an unchanged output and skips the downstream stages."""
-    assert_ok(ingest(light, out="again/dataset.npz"))
-    assert (light / "again/dataset.npz").read_bytes() == (light / "data/raw/dataset.npz").read_bytes()
+    assert_ok(ingest(light, out="again"))
+    assert artifacts.path_md5(light / "again") == artifacts.path_md5(light / "data/raw")
 
 
 def test_normalize_scales_pixels_and_keeps_labels_and_split(light: Path):
-    with np.load(light / "data/raw/dataset.npz") as raw, np.load(light / "data/normalized/dataset.npz") as norm:
-        assert sorted(norm.files) == ["class_names", "labels", "pixels", "split"]
-        assert norm["pixels"].dtype == np.float32
-        np.testing.assert_allclose(norm["pixels"], raw["images"] / 255.0, rtol=0, atol=1e-7)
-        for key in ("labels", "split", "class_names"):
-            assert np.array_equal(norm[key], raw[key]), key
+    raw, norm = shards.open_dataset(light / "data/raw"), shards.open_dataset(light / "data/normalized")
+    assert norm.array.dtype == np.float32
+    np.testing.assert_allclose(norm.array[:], raw.array[:] / 255.0, rtol=0, atol=1e-7)
+    assert np.array_equal(norm.labels, raw.labels) and np.array_equal(norm.split, raw.split)
+    assert norm.class_names == raw.class_names
     flow = json.loads((light / "reports/flow/normalize.json").read_text(encoding="utf-8"))
     assert flow["stage"] == "normalize" and flow["example"].startswith("pixel value ")
 
 
 def test_ingest_keeps_train_per_class_labels_and_the_rest_unlabelled(tmp_path: Path):
     assert_ok(ingest(light_project(tmp_path, train_per_class=3)))
-    with np.load(tmp_path / "data/raw/dataset.npz") as raw:
-        split, labels = raw["split"], raw["labels"]
+    raw = shards.open_dataset(tmp_path / "data/raw")
+    split, labels = raw.split, raw.labels
     assert len(split) == ROWS  # every image is kept: features are extracted for the unlabelled too
     assert np.bincount(split, minlength=4).tolist() == [30, 20, 20, 30]
     assert all(np.sum((labels == c) & (split == 0)) == 3 for c in range(10))
@@ -298,8 +296,8 @@ def test_a_stage_that_does_not_read_the_bad_key_still_refuses_to_run(tmp_path: P
 def test_a_missing_params_file_or_input_fails_cleanly(tmp_path: Path):
     assert_one_line_failure(ingest(tmp_path), "params.yaml: params file not found")
     write_params(tmp_path)
-    proc = normalize(tmp_path, raw="nowhere/raw.npz")
-    assert_one_line_failure(proc, "nowhere/raw.npz")
+    proc = normalize(tmp_path, raw="nowhere/raw")
+    assert_one_line_failure(proc, "nowhere/raw: not a dataset folder")
     assert not (tmp_path / "data").exists()
 
 
@@ -309,8 +307,8 @@ NO_HEAVY_IMPORTS = textwrap.dedent(
 
     for argv in (
         ["input", "--path", sys.argv[1], "--out", "fingerprint.json"],
-        ["ingest", "--input", "inputs/data.json", "--out", "raw.npz", "--flow", "flow/ingest.json"],
-        ["normalize", "--raw", "raw.npz", "--out", "normalized.npz", "--flow", "flow/normalize.json"],
+        ["ingest", "--input", "inputs/data.json", "--out", "raw", "--flow", "flow/ingest.json"],
+        ["normalize", "--raw", "raw", "--out", "normalized", "--flow", "flow/normalize.json"],
     ):
         sys.argv = argv
         runpy.run_module("stages." + argv[0], run_name="__main__", alter_sys=True)
@@ -330,7 +328,7 @@ def test_the_light_stages_never_import_tensorflow_keras_or_mlflow(tmp_path: Path
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "fingerprint.json").read_text()) == fingerprint(tmp_path / "images")
-    assert (tmp_path / "raw.npz").is_file() and (tmp_path / "normalized.npz").is_file()
+    assert len(shards.open_dataset(tmp_path / "normalized")) == ROWS
 
 
 def test_the_input_stage_fails_cleanly_on_a_missing_path(tmp_path: Path):
@@ -347,9 +345,9 @@ def test_train_head_refuses_to_train_when_tracking_is_unreachable(tmp_path: Path
     from stages import train_head
 
     rng = np.random.default_rng(0)
-    features = tmp_path / "features.npz"
-    np.savez(features, features=rng.random((30, 8, 8, 64), dtype=np.float32), labels=np.arange(30) % 3,
-             split=np.repeat(np.arange(3, dtype=np.int8), 10), class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    features = tmp_path / "features"
+    shards.save(features, "features", rng.random((30, 8, 8, 64), dtype=np.float32), np.arange(30) % 3,
+                np.repeat(np.arange(3, dtype=np.int8), 10), ["a", "b", "c"])  # fmt: skip
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(transfer, "train_head", lambda *a, **k: pytest.fail("trained despite the store"))
@@ -389,7 +387,7 @@ def test_a_missing_base_model_file_names_the_key(tmp_path: Path, monkeypatch: py
 
 UNFREEZE_WITHOUT_TENSORFLOW = """
 import runpy, sys
-sys.argv = ["unfreeze", "--model", "model.keras", "--frozen-layers", "frozen.csv", "--features", "features.npz",
+sys.argv = ["unfreeze", "--model", "model.keras", "--frozen-layers", "frozen.csv", "--features", "features",
             "--out", "unfrozen.keras", "--layers", "layers.csv", "--metrics", "unfreeze.json", "--flow", "flow.json"]
 runpy.run_module("stages.unfreeze", run_name="__main__", alter_sys=True)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "keras", "mlflow", "tf_keras"})
@@ -405,7 +403,8 @@ def test_the_unfreeze_stage_runs_without_tensorflow(tmp_path: Path):
     classifier = model.assemble(base, model.build_head((4, 4, 8), 3, 8, 0.0))
     model.save_model(classifier, tmp_path / "model.keras")
     artifacts.write_csv(tmp_path / "frozen.csv", freezing.layer_table(classifier))
-    artifacts.write_npz(tmp_path / "features.npz", features=np.zeros((30, 4, 4, 8), np.float32))
+    shards.save(tmp_path / "features", "features", np.zeros((30, 4, 4, 8), np.float32), np.zeros(30, np.int64),
+                np.zeros(30, np.int8), ["a"])  # fmt: skip
     write_params(tmp_path, unfreeze={"layers": 2})
     proc = subprocess.run([sys.executable, "-c", UNFREEZE_WITHOUT_TENSORFLOW], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
@@ -463,8 +462,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def read(pipeline: dict[str, Any], path: str) -> Any:
     file = pipeline["root"] / path
-    return artifacts.read_npz(file) if file.suffix == ".npz" else (
-        artifacts.read_json(file) if file.suffix == ".json" else artifacts.read_csv(file))  # fmt: skip
+    if file.is_dir() and (file / shards.META).is_file():
+        return shards.open_dataset(file)
+    return artifacts.read_json(file) if file.suffix == ".json" else artifacts.read_csv(file)
 
 
 @pytest.mark.slow
@@ -473,11 +473,10 @@ def test_the_data_and_features_line_up(pipeline: dict[str, Any]):
         read(pipeline, pipeline["paths"]["normalized"]),
         read(pipeline, pipeline["paths"]["features"]),
     )
-    assert normalized["pixels"].shape == (60, 32, 32, 3)
-    assert features["features"].shape == (60, 8, 8, pipeline["filters"][-1])
-    for key in ("labels", "split"):
-        assert np.array_equal(features[key], normalized[key])
-    assert set(np.unique(features["split"])) == {0, 1, 2}  # 4 train rows per class: all labelled
+    assert normalized.array.shape == (60, 32, 32, 3)
+    assert features.array.shape == (60, 8, 8, pipeline["filters"][-1])
+    assert np.array_equal(features.labels, normalized.labels) and np.array_equal(features.split, normalized.split)
+    assert set(np.unique(features.split)) == {0, 1, 2}  # 4 train rows per class: all labelled
 
 
 @pytest.mark.slow
@@ -488,8 +487,8 @@ def test_the_models_load_and_only_the_thawed_layers_moved(pipeline: dict[str, An
     p, root = pipeline["paths"], pipeline["root"]
     convs = [f"conv{i}" for i in range(1, len(pipeline["filters"]) + 1)]
     base = model.load_keras_model(root / p["base"])
-    np.testing.assert_allclose(model.extract_features(base, read(pipeline, p["normalized"])["pixels"][:4]),
-                               read(pipeline, p["features"])["features"][:4], rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(model.extract_features(base, read(pipeline, p["normalized"]).array[:4]),
+                               read(pipeline, p["features"]).array[:4], rtol=1e-5, atol=1e-5)  # fmt: skip
     classifier = model.load_keras_model(root / p["model"], compile=False)
     assert classifier.get_layer(model.BASE_NAME).trainable_weights == []
     unfrozen = model.load_keras_model(root / p["unfrozen"], compile=False)
@@ -538,7 +537,7 @@ def test_the_layer_table_confusion_pairs_and_flow_rows(pipeline: dict[str, Any])
     assert [r["layer"] for r in layers if r["trainable"] == "True"][-2:] == ["dense", "probabilities"]
     normalized = read(pipeline, p["normalized"])
     confusion = read(pipeline, p["confusion"])
-    assert [r["actual"] for r in confusion] == [str(c) for c in normalized["labels"][normalized["split"] == 2]]
+    assert [r["actual"] for r in confusion] == [str(c) for c in normalized.labels[normalized.split == 2]]
     for name in ("ingest", "normalize", "extract-frozen", "train-head", "unfreeze", "finetune"):
         row = read(pipeline, f"{p['flow']}/{name}.json")
         assert row["stage"] == name and {"title", "input", "operation", "output", "example"} <= set(row)

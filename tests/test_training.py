@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from thaw import model, training
+from thaw import model, shards, training
 from thaw.config import Params
 from thaw.errors import ConfigError
 
@@ -192,7 +192,7 @@ def run_train_head(folder: Path, runtime: dict) -> tuple[str, list[list[float]]]
     params["runtime"] = runtime
     params["train_head"].update({"epochs": 4, "batch_size": 8, "lr": 0.01, "dropout": 0.0})  # masks differ per replica
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    outs = ["--features", "../features.npz", "--base", "../base.keras", "--head", "head.keras", "--model",
+    outs = ["--features", "../features", "--base", "../base.keras", "--head", "head.keras", "--model",
             "model.keras", "--layers", "layers.csv", "--history", "history.csv", "--metrics", "metrics.json", "--flow", "flow.json"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *outs], cwd=folder, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
@@ -205,8 +205,8 @@ def test_mirrored_strategy_trains_the_head_on_two_devices_like_one(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 3
     features = 0.1 * rng.random((60, 8, 8, 64), dtype=np.float32) + labels[:, None, None, None]
-    np.savez(tmp_path / "features.npz", features=features, labels=labels,
-             split=np.tile(np.array([0, 0, 0, 1, 2], dtype=np.int8), 12), class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    shards.save(tmp_path / "features", "features", features, labels, np.tile(np.array([0, 0, 0, 1, 2], dtype=np.int8), 12),
+                ["a", "b", "c"])  # fmt: skip
     save_base = (
         "from thaw.model import build_conv_base, save_model; save_model(build_conv_base(32, [8, 8, 64]), 'base.keras')"
     )

@@ -28,6 +28,17 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def path_md5(path: str | Path) -> str:
+    """The md5 of a file, or of a folder's files (their relative paths and md5s, in sorted order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_md5(path)
+    digest = hashlib.md5()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_md5(file)}\n".encode())
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); move it over `path` only if the block succeeds.

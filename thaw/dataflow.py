@@ -16,8 +16,7 @@ from thaw import artifacts
 STAGE_ORDER = ("ingest", "normalize", "extract-frozen", "train-head", "unfreeze", "finetune")
 
 
-def _rows(array: np.ndarray | Sequence[int], rows: int | None = None) -> str:
-    shape = array.shape if isinstance(array, np.ndarray) else (rows, *array)
+def _rows(shape: Sequence[int]) -> str:
     return f"{shape[0]} rows x " + " x ".join(map(str, shape[1:]))
 
 
@@ -29,54 +28,59 @@ def format_probabilities(p: np.ndarray) -> str:
     return "[" + ", ".join(shown) + "]"
 
 
-def ingest_row(images: np.ndarray, labels: np.ndarray, class_names: np.ndarray) -> dict[str, Any]:
-    _, h, w, _ = images.shape
+# Each row takes the shapes (rows first) and row 0's values: a stage never holds more than a chunk.
+
+
+def ingest_row(shape: Sequence[int], labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    _, h, w, _ = shape
     return {
         "stage": "ingest",
         "title": "Data input",
-        "input": _rows(images),
+        "input": _rows(shape),
         "operation": "Load images with labels",
-        "output": _rows(images),
+        "output": _rows(shape),
         "example": f"row 0: a {h}x{w} image with label '{class_names[int(labels[0])]}'",
         "class_names": [str(name) for name in class_names],
     }
 
 
-def normalize_row(images: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
+def normalize_row(shape: Sequence[int], image: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
     # A real pixel of row 0 as the worked example (the one nearest mid-grey, like the seed's 120).
-    flat = images[0].reshape(-1)
+    flat = image.reshape(-1)
     i = int(np.argmin(np.abs(flat.astype(int) - 120)))
     return {
         "stage": "normalize",
         "title": "Preprocessing",
-        "input": _rows(images),
+        "input": _rows(shape),
         "operation": "Normalize pixel values to 0-1 range",
-        "output": _rows(pixels),
-        "example": f"pixel value {int(flat[i])} becomes {float(pixels[0].reshape(-1)[i]):.2f}",
+        "output": _rows(shape),
+        "example": f"pixel value {int(flat[i])} becomes {float(pixels.reshape(-1)[i]):.2f}",
     }
 
 
-def extract_row(pixels: np.ndarray, features: np.ndarray) -> dict[str, Any]:
-    busiest = int(features[0].reshape(-1, features.shape[-1]).mean(axis=0).argmax())
+def extract_row(pixels_shape: Sequence[int], features_shape: Sequence[int], features: np.ndarray) -> dict[str, Any]:
+    """`features`: row 0's feature map."""
+    busiest = int(features.reshape(-1, features.shape[-1]).mean(axis=0).argmax())
     return {
         "stage": "extract-frozen",
         "title": "Feature extraction (frozen layers)",
-        "input": _rows(pixels),
+        "input": _rows(pixels_shape),
         "operation": "Pass through frozen convolutional layers",
-        "output": _rows(features),
+        "output": _rows(features_shape),
         "example": f"row 0: feature map {busiest} responds most (mean activation "
-        f"{float(features[0][..., busiest].mean()):.2f})",
+        f"{float(features[..., busiest].mean()):.2f})",
     }
 
 
-def head_row(features: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+def head_row(features_shape: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
+    """`probabilities`: row 0's class probabilities."""
     return {
         "stage": "train-head",
         "title": "Train classifier layers",
-        "input": _rows(features),
+        "input": _rows(features_shape),
         "operation": "Train dense layers on extracted features",
-        "output": f"{len(features)} rows x {probabilities.shape[1]} (class probabilities)",
-        "example": format_probabilities(probabilities[0]),
+        "output": f"{features_shape[0]} rows x {len(probabilities)} (class probabilities)",
+        "example": format_probabilities(probabilities),
     }
 
 
@@ -84,21 +88,22 @@ def unfreeze_row(feature_shape: Sequence[int], thawed: Sequence[str], rows: int)
     return {
         "stage": "unfreeze",
         "title": "Unfreeze layers",
-        "input": _rows(feature_shape, rows),
+        "input": _rows((rows, *feature_shape)),
         "operation": f"Unfreeze the top {len(thawed)} convolutional layers for fine-tuning",
-        "output": _rows(feature_shape, rows),
+        "output": _rows((rows, *feature_shape)),
         "example": ("layers now trainable: " + ", ".join(thawed)) if thawed else "base stays frozen (head only)",
     }
 
 
-def finetune_row(pixels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+def finetune_row(pixels_shape: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
+    """`probabilities`: row 0's class probabilities."""
     return {
         "stage": "finetune",
         "title": "Fine-tune entire model",
-        "input": _rows(pixels),
+        "input": _rows(pixels_shape),
         "operation": "Train unfrozen layers and head with a lower learning rate",
-        "output": f"{len(pixels)} rows x {probabilities.shape[1]} (class probabilities)",
-        "example": format_probabilities(probabilities[0]),
+        "output": f"{pixels_shape[0]} rows x {len(probabilities)} (class probabilities)",
+        "example": format_probabilities(probabilities),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,46 +97,111 @@ def load_cifar10(path: str) -> ImageDataset:
     return ImageDataset(np.concatenate(images), np.concatenate(labels).astype(np.int64), CIFAR10_CLASSES)
 
 
-def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
-    """An image folder with one sub-folder per class (sorted names are the class order)."""
-    from PIL import Image, UnidentifiedImageError
+@dataclass(frozen=True)
+class ImageSource:
+    """An image source opened for streaming: every row's label and the class names, and `read`, which decodes
+    and checks the images of the rows asked for (uint8, N x H x W x 3). Only what is asked is in memory."""
 
+    labels: np.ndarray  # int64, one per row, values in [0, len(class_names))
+    class_names: tuple[str, ...]
+    read: Callable[[np.ndarray], np.ndarray]
+    where: str
+
+
+def in_memory(dataset: ImageDataset, where: str) -> ImageSource:
+    return ImageSource(dataset.labels, dataset.class_names, lambda rows: dataset.images[rows], where)
+
+
+def materialize(source: ImageSource) -> ImageDataset:
+    """Every image of a source in memory: for small data, tests and benchmarks."""
+    return ImageDataset(source.read(np.arange(len(source.labels))), source.labels, source.class_names)
+
+
+def open_folder(path: str, image_size: int, resize: bool) -> ImageSource:
+    """An image folder with one sub-folder per class (sorted names are the class order). Listing it reads no
+    image; `read` decodes the files asked for, each checked: readable, and image_size x image_size (or
+    resized to it with `resize`)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (fix data.path)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
-    images, labels = [], []
-    first_size: tuple[tuple[int, int], Path] | None = None
+    files: list[Path] = []
+    labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images ({', '.join(IMAGE_SUFFIXES)})")
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    img.load()
-                    rgb = img.convert("RGB")
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise DataError(f"{file}: unreadable or corrupt image ({exc})") from None
-            if resize:
-                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            elif first_size is None:
-                first_size = (rgb.size, file)
-            elif rgb.size != first_size[0]:
-                raise DataError(
-                    f"{file}: image size {rgb.size[0]}x{rgb.size[1]} differs from "
-                    f"{first_size[0][0]}x{first_size[0][1]} ({first_size[1]}); "
-                    "make them equal or set data.resize=true"
-                )
-            images.append(np.asarray(rgb, dtype=np.uint8))
-            labels.append(label)
-    return ImageDataset(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs))
+        files += found
+        labels += [label] * len(found)
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
+        for i, row in enumerate(np.asarray(rows)):
+            out[i] = read_image(files[int(row)], image_size, resize)
+        return out
+
+    return ImageSource(np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs), read, str(root))
 
 
-def load_npz(path: str) -> ImageDataset:
-    """An `.npz` with `x` (N x H x W x 3 or N x H x W, uint8 0..255) and `y` (N integer labels)."""
+def read_image(file: Path, image_size: int, resize: bool) -> np.ndarray:
+    """One image file as uint8 H x W x 3, checked."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{file}: unreadable or corrupt image ({exc})") from None
+    if resize:
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    elif rgb.size != (image_size, image_size):
+        raise DataError(
+            f"{file}: image size {rgb.size[0]}x{rgb.size[1]} differs from data.image_size = {image_size} "
+            f"({image_size}x{image_size}); set data.image_size, or data.resize=true to resize every image"
+        )
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
+    return materialize(open_folder(path, image_size, resize))
+
+
+def _npz_member(file: Path, name: str) -> np.ndarray | None:
+    """Memory-map `name.npy` inside an uncompressed `.npz` (np.savez), or None when it is compressed."""
+    import zipfile
+
+    with zipfile.ZipFile(file) as zf:
+        info = zf.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(file, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            start = (
+                info.header_offset
+                + 30
+                + int.from_bytes(local[26:28], "little")
+                + int.from_bytes(local[28:30], "little")
+            )
+            fh.seek(start)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            reader = readers.get(np.lib.format.read_magic(fh))
+            if reader is None:  # a newer header version: read it the ordinary way
+                return None
+            shape, fortran, dtype = reader(fh)
+            offset = fh.tell()
+    if dtype.hasobject or fortran:
+        return None
+    return np.memmap(file, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+
+def open_npz(path: str) -> ImageSource:
+    """An `.npz` with `x` (N x H x W x 3 or N x H x W, uint8 0..255) and `y` (N integer labels), optional
+    `class_names`. Written by np.savez (uncompressed), `x` is memory-mapped and read a chunk at a time;
+    compressed (np.savez_compressed), it is decompressed into memory. Every chunk read is checked."""
     import zipfile
 
     file = Path(path)
@@ -146,49 +212,72 @@ def load_npz(path: str) -> ImageDataset:
             missing = {"x", "y"} - set(npz.files)
             if missing:
                 raise DataError(f"{file}: missing array(s) {sorted(missing)}; it has {sorted(npz.files)}")
-            x, y = npz["x"], npz["y"]
+            y = npz["y"]
             names = npz["class_names"] if "class_names" in npz.files else None
+            x = _npz_member(file, "x")
+            if x is None:
+                x = npz["x"]
     except DataError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise DataError(f"{file}: unreadable or truncated .npz ({exc})") from None
-    if x.ndim == 3:
-        x = np.repeat(x[..., None], 3, axis=-1)
-    if x.ndim != 4 or x.shape[-1] != 3:
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
         raise DataError(f"{file}: x has shape {x.shape}; expected N x H x W x 3 (or N x H x W)")
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{file}: x has dtype {x.dtype}; expected uint8 pixel values 0..255")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
         raise DataError(f"{file}: y must be a 1-D integer array, got {y.dtype} with shape {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{file}: x has {len(x)} rows but y has {len(y)}")
-    if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
-        raise DataError(f"{file}: x contains NaN pixel values")
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise DataError(f"{file}: pixel values span [{x.min()}, {x.max()}]; expected 0..255")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.equal(np.mod(x, 1), 0)):
-        raise DataError(f"{file}: x holds fractional pixel values; store uint8 0..255 (not normalized data)")
     num_classes = int(y.max()) + 1 if y.size else 0
     class_names = tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in range(num_classes))
-    return ImageDataset(x.astype(np.uint8), y.astype(np.int64), class_names)
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        chunk = np.asarray(x[np.sort(rows)])[np.argsort(np.argsort(rows))]  # in file order, then as asked
+        if chunk.ndim == 3:
+            chunk = np.repeat(chunk[..., None], 3, axis=-1)
+        if np.issubdtype(chunk.dtype, np.floating) and np.isnan(chunk).any():
+            raise DataError(f"{file}: x contains NaN pixel values")
+        if chunk.size and (chunk.min() < 0 or chunk.max() > 255):
+            raise DataError(f"{file}: pixel values span [{chunk.min()}, {chunk.max()}]; expected 0..255")
+        if np.issubdtype(chunk.dtype, np.floating) and not np.all(np.equal(np.mod(chunk, 1), 0)):
+            raise DataError(f"{file}: x holds fractional pixel values; store uint8 0..255 (not normalized data)")
+        return chunk.astype(np.uint8)
+
+    return ImageSource(y.astype(np.int64), class_names, read, str(file))
+
+
+def load_npz(path: str) -> ImageDataset:
+    return materialize(open_npz(path))
+
+
+def open_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageSource:
+    """Dispatch on `data.source`."""
+    if source == "digits":
+        return in_memory(load_digits(image_size), "digits")
+    if source == "cifar10":
+        return in_memory(load_cifar10(str(path)), str(path))
+    if source == "folder":
+        return open_folder(str(path), image_size, resize)
+    if source == "npz":
+        return open_npz(str(path))
+    raise DataError(f"data.source = {source!r}: unknown source; expected one of digits, cifar10, folder, npz")
 
 
 def load_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageDataset:
-    """Dispatch on `data.source`."""
-    if source == "digits":
-        return load_digits(image_size)
-    if source == "cifar10":
-        return load_cifar10(str(path))
-    if source == "folder":
-        return load_folder(str(path), image_size, resize)
-    if source == "npz":
-        return load_npz(str(path))
-    raise DataError(f"data.source = {source!r}: unknown source; expected one of digits, cifar10, folder, npz")
+    return materialize(open_source(source, path, image_size, resize))
 
 
 def validate(dataset: ImageDataset, image_size: int, where: str) -> None:
     """Check shape, pixel range and labels; `where` names the input in messages."""
-    x, y, names = dataset.images, dataset.labels, dataset.class_names
-    if len(x) == 0:
-        raise DataError(f"{where}: the dataset is empty")
+    if len(dataset.images) != len(dataset.labels):
+        raise DataError(f"{where}: {len(dataset.images)} images but {len(dataset.labels)} labels")
+    validate_labels(dataset.labels, dataset.class_names, where)
+    validate_images(dataset.images, image_size, where)
+
+
+def validate_images(x: np.ndarray, image_size: int, where: str) -> None:
+    """Check a chunk of images: uint8, image_size x image_size x 3."""
     if x.dtype != np.uint8:
         raise DataError(f"{where}: images must be uint8, got {x.dtype}")
     if x.shape[1:] != (image_size, image_size, 3):
@@ -196,8 +285,12 @@ def validate(dataset: ImageDataset, image_size: int, where: str) -> None:
             f"{where}: images are {'x'.join(map(str, x.shape[1:]))}, expected {image_size}x{image_size}x3 "
             "(set data.image_size, or data.resize=true for a folder)"
         )
-    if len(y) != len(x):
-        raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+
+
+def validate_labels(y: np.ndarray, names: tuple[str, ...], where: str) -> None:
+    """Check every label: in range, at least two classes, every class present."""
+    if len(y) == 0:
+        raise DataError(f"{where}: the dataset is empty")
     bad = (y < 0) | (y >= len(names))
     if bad.any():
         raise DataError(
@@ -267,6 +360,33 @@ def limit_training_labels(labels: np.ndarray, split: np.ndarray, per_class: int 
     return out
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """The rows ingest keeps, in their final order: labels, split codes and class names in memory, the images
+    read from the source a chunk at a time (`chunks`)."""
+
+    source: ImageSource
+    keep: np.ndarray  # source row of each kept row
+    labels: np.ndarray
+    split: np.ndarray
+    image_size: int
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.source.class_names
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """The kept images in order, `rows` at a time, each chunk checked."""
+        for start in range(0, len(self.keep), rows):
+            chunk = self.source.read(self.keep[start : start + rows])
+            validate_images(chunk, self.image_size, self.source.where)
+            yield chunk
+
+    def images(self) -> np.ndarray:
+        """Every kept image in memory (small data, tests and benchmarks)."""
+        return np.concatenate(list(self.chunks(max(1, len(self.keep)))))
+
+
 def ingest(
     source: str,
     path: str | None,
@@ -277,21 +397,16 @@ def ingest(
     test_fraction: float,
     seed: int,
     train_per_class: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Load, validate, subsample and split (keeping `train_per_class` training labels per class, if set);
-    return the arrays of the raw dataset: uint8 images, labels, split codes and class names."""
-    dataset = load_source(source, path, image_size, resize)
-    validate(dataset, image_size, where=path or source)
-    keep = subsample(dataset.labels, rows, seed)
-    labels = dataset.labels[keep]
-    split = stratified_split(labels, dataset.class_names, val_fraction, test_fraction, seed)
+) -> Ingested:
+    """Open the source, check its labels, subsample and split (keeping `train_per_class` training labels per
+    class, if set). No image is read until the result's `chunks` are."""
+    opened = open_source(source, path, image_size, resize)
+    validate_labels(opened.labels, opened.class_names, opened.where)
+    keep = subsample(opened.labels, rows, seed)
+    labels = opened.labels[keep]
+    split = stratified_split(labels, opened.class_names, val_fraction, test_fraction, seed)
     split = limit_training_labels(labels, split, train_per_class, seed)
-    return {
-        "images": dataset.images[keep],
-        "labels": labels,
-        "split": split,
-        "class_names": np.asarray(dataset.class_names),
-    }
+    return Ingested(opened, keep, labels, split, image_size)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:

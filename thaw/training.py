@@ -16,8 +16,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from thaw.artifacts import HISTORY_KEYS, read_json, write_json, write_text
+from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
+from thaw.shards import chunk_rows
 from thaw.tracking import check_store
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,23 @@ def steps_per_execution(strategy: str, requested: int) -> int:
     return requested
 
 
-def dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """A batched, prefetched tf.data pipeline over in-memory arrays, in the order given."""
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def dataset(x: Any, y: np.ndarray, batch_size: int, order: np.ndarray | None = None) -> tf.data.Dataset:
+    """A tf.data pipeline of the rows of (x, y) in `order` (default: as given), batched and prefetched.
+
+    `x` is an ndarray, a ShardedArray or a RowView of one: each batch is gathered when tf.data asks for it,
+    so only a few batches are ever in memory, whatever the row count.
+    """
+    order = np.arange(len(x)) if order is None else np.asarray(order)
+    steps = -(-len(order) // batch_size)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield np.asarray(x[rows]), y[rows]
+
+    spec = (tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype)), tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
+    pipeline = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    return pipeline.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
@@ -148,7 +163,7 @@ def checkpoint_for(stage: str, settings: Mapping[str, Any], inputs: Sequence[str
     rerun with other params or inputs never resumes from a stale state."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in inputs:
-        digest.update(hashlib.md5(Path(path).read_bytes()).digest())
+        digest.update(path_md5(path).encode())
     return Checkpoint(root / ".thaw" / "checkpoints" / f"{stage}-{digest.hexdigest()[:16]}")
 
 
@@ -182,8 +197,8 @@ def stage_run(
 
 def fit(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: tuple[Any, np.ndarray],
+    val: tuple[Any, np.ndarray],
     epochs: int,
     batch_size: int,
     seed: int,
@@ -191,8 +206,9 @@ def fit(
     first_epoch: int = 1,
     checkpoint: Checkpoint | None = None,
 ) -> list[dict[str, Any]]:
-    """Train a compiled model one epoch at a time; return one row per epoch numbered from `first_epoch`,
-    tagged with `phase`. With a checkpoint, finished epochs are saved and a rerun resumes after them."""
+    """Train a compiled model one epoch at a time on (x, y) pairs (x an ndarray, a ShardedArray or a RowView);
+    return one row per epoch numbered from `first_epoch`, tagged with `phase`. With a checkpoint, finished
+    epochs are saved and a rerun resumes after them."""
     history = checkpoint.restore(model) if checkpoint else []
     if history:
         log.info("%s: resuming after epoch %d of %d (%s)", phase, len(history), epochs, checkpoint.directory)
@@ -200,8 +216,7 @@ def fit(
     validation = dataset(*val, batch_size)
     for i in range(len(history), epochs):
         reseed_layers(model, seed, i)
-        order = epoch_order(len(x), seed, i)
-        batches = dataset(x[order], y[order], batch_size)
+        batches = dataset(x, y, batch_size, order=epoch_order(len(x), seed, i))
         result = model.fit(batches, validation_data=validation, epochs=1, shuffle=False, verbose=0)
         row: dict[str, Any] = {"epoch": first_epoch + i, "phase": phase}
         row.update({key: round(float(result.history[key][0]), 6) for key in HISTORY_KEYS})
@@ -212,11 +227,10 @@ def fit(
     return history
 
 
-def evaluate(
-    model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256
-) -> tuple[dict[str, float], np.ndarray]:
-    """Loss and accuracy on (x, y), and the predicted class of every row (one pass over the data)."""
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+def evaluate(model: keras.Model, x: Any, y: np.ndarray, batch_size: int = 256) -> tuple[dict[str, float], np.ndarray]:
+    """Loss and accuracy on (x, y), and the predicted class of every row (one pass over the data, a bounded
+    chunk of rows at a time when x is sharded)."""
+    probabilities = predict(model, x, batch_size)
     loss = keras.losses.sparse_categorical_crossentropy(y, probabilities)
     predicted = probabilities.argmax(axis=1)
     metrics = {
@@ -224,6 +238,17 @@ def evaluate(
         "accuracy": float(np.mean(predicted == y)),
     }
     return metrics, predicted
+
+
+def predict(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs for every row of x: an ndarray in one call, anything else (sharded) in chunks of
+    whole batches, so the batches, and the numbers, are the same either way."""
+    if isinstance(x, np.ndarray):
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    step = chunk_rows(x.shape[1:], x.dtype, batch_size)
+    outputs = [model.predict(np.asarray(x[start : start + step]), batch_size=batch_size, verbose=0)
+               for start in range(0, len(x), step)]  # fmt: skip
+    return np.concatenate(outputs)
 
 
 def last_epoch(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from thaw import model, training
+from thaw import model, shards, training
 from thaw.config import BaseParams, FinetuneParams, PretrainParams, TrainHeadParams
 from thaw.datasources import TRAIN, VAL
 from thaw.errors import ConfigError
@@ -104,7 +104,7 @@ def check_unfreeze_depth(base: keras.Model, layers: int) -> None:
 
 
 def train_head(
-    features: np.ndarray,
+    features: Any,
     labels: np.ndarray,
     split: np.ndarray,
     num_classes: int,
@@ -119,8 +119,8 @@ def train_head(
     model.compile_classifier(head, params.lr, steps_per_execution)
     history = training.fit(
         head,
-        (features[split == TRAIN], labels[split == TRAIN]),
-        (features[split == VAL], labels[split == VAL]),
+        (shards.rows(features, split == TRAIN), labels[split == TRAIN]),
+        (shards.rows(features, split == VAL), labels[split == VAL]),
         params.epochs,
         params.batch_size,
         seed,
@@ -132,7 +132,7 @@ def train_head(
 
 def finetune(
     classifier: keras.Model,
-    pixels: np.ndarray,
+    pixels: Any,
     labels: np.ndarray,
     split: np.ndarray,
     params: FinetuneParams,
@@ -146,8 +146,8 @@ def finetune(
     model.compile_classifier(classifier, params.lr, steps_per_execution)
     return training.fit(
         classifier,
-        (pixels[split == TRAIN], labels[split == TRAIN]),
-        (pixels[split == VAL], labels[split == VAL]),
+        (shards.rows(pixels, split == TRAIN), labels[split == TRAIN]),
+        (shards.rows(pixels, split == VAL), labels[split == VAL]),
         params.epochs,
         params.batch_size,
         seed,
