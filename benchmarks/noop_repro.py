@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny params and 200 images (for CI)")
     args = parser.parse_args()
     conf = TINY_CONF if args.smoke else {}
+    repeats = 1 if args.smoke else args.repeats
     images = 200 if args.smoke else args.images
 
     base = Path(tempfile.mkdtemp(prefix="thaw-noop-bench-"))
@@ -72,7 +73,7 @@ def main() -> None:
         default = base / "default"
         default.mkdir()
         env = make_tiny_project(default, conf_updates=conf)
-        rows.append(("default (embedded digits)", *noop_seconds(default, env, args.repeats)))
+        rows.append(("default (embedded digits)", *noop_seconds(default, env, repeats)))
 
         folder_project, folder = base / "folder", base / "images"
         folder_project.mkdir()
@@ -80,11 +81,11 @@ def main() -> None:
         env = make_tiny_project(folder_project, conf_updates=conf)
         subprocess.run([sys.executable, "-m", "thaw.commands.compose", "data=folder", f"data.path={folder}"],
                        cwd=folder_project, env=env, check=True)  # fmt: skip
-        rows.append((f"data=folder, {images} images", *noop_seconds(folder_project, env, args.repeats)))
+        rows.append((f"data=folder, {images} images", *noop_seconds(folder_project, env, repeats)))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    print(f"| variant | cold `dvc repro` (s) | no-op `dvc repro` (s, median of {args.repeats}) |")
+    print(f"| variant | cold `dvc repro` (s) | no-op `dvc repro` (s, median of {repeats}) |")
     print("|---|---|---|")
     for name, cold, noop in rows:
         print(f"| {name} | {cold:.1f} | {noop:.2f} |")

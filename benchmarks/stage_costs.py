@@ -47,12 +47,12 @@ def stage_commands(root: Path) -> dict[str, list[str] | None]:
     }
 
 
-def import_seconds(module: str, root: Path, env: dict[str, str]) -> float:
-    """Process start + importing the stage module (what a stage pays before any work), best of 3.
+def import_seconds(module: str, root: Path, env: dict[str, str], repeats: int = 3) -> float:
+    """Process start + importing the stage module (what a stage pays before any work), best of `repeats`.
 
     Modules that import a library lazily (track imports MLflow inside its functions) pay that in "work".
     """
-    return min(timed([sys.executable, "-c", f"import {module}"], root, env)[0] for _ in range(3))
+    return min(timed([sys.executable, "-c", f"import {module}"], root, env)[0] for _ in range(repeats))
 
 
 def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
@@ -119,14 +119,15 @@ def main() -> None:
     env = make_tiny_project(root, conf_updates=TINY_CONF if args.smoke else {})
 
     cold, _ = timed(["dvc", "repro"], root, env)
-    noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(3))
+    repeats = 1 if args.smoke else 3
+    noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(repeats))
 
     rows = []
     for name, cmd in stage_commands(root).items():
         if cmd is None:  # the `input@<name>` stages: the default reads no external file
             continue
         module = cmd[cmd.index("-m") + 1]
-        startup = import_seconds(module, root, env)
+        startup = import_seconds(module, root, env, repeats)
         wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC
         rows.append((name, wall, startup, peak))
     run(["dvc", "status"], root, env)

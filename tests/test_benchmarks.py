@@ -16,7 +16,7 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py"))
 
 
 def test_every_benchmark_is_listed_here() -> None:
-    assert SCRIPTS == ["ablation.py", "noop_repro.py", "stage_costs.py", "sweep.py"]
+    assert SCRIPTS == ["ablation.py", "large_data.py", "noop_repro.py", "stage_costs.py", "sweep.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -108,14 +108,14 @@ def test_hydra_sweep_over_seeds_reports_intervals_and_the_near_best(project, gri
     printed leaderboard and on the parent run, and the cells indistinguishable from the best are named."""
     root, env = project
     out = run(
-        [sys.executable, "-m", "thaw.commands.sweep", "-m", "seed=7,8", "unfreeze.layers=0,1", "sweep.id=seeds",
+        [sys.executable, "-m", "thaw.commands.sweep", "-m", "seed=42,9", "unfreeze.layers=0,1", "finetune.lr=3e-4", "sweep.id=seeds",
          "hydra.launcher.n_jobs=2"],
         root, env,
     )  # fmt: skip
     client, experiment_id = client_for(root)
     parent, points = children(client, experiment_id, "seeds")
     assert sorted((r.data.params["seed"], r.data.params["unfreeze.layers"]) for r in points) == [
-        ("7", "0"), ("7", "1"), ("8", "0"), ("8", "1")]  # fmt: skip
+        ("42", "0"), ("42", "1"), ("9", "0"), ("9", "1")]  # fmt: skip
     lines = [line.split() for line in out.splitlines() if line[:1].isdigit() and " [" in line]
     assert len(lines) == 2 and all(words[4] == "2" for words in lines), out[-2000:]  # two cells, two seeds each
     summary = client.get_run(parent).data
