@@ -183,7 +183,7 @@ def _record(store: dict[str, Any], **changes: Any) -> RunRecord:
         "run_name": "layers=2 lr=0.0001",
         "params": {"seed": 42, "unfreeze.layers": 2, "finetune.lr": 0.0001, "data.path": None},
         "history": HISTORY,
-        # As track.build_record gathers them: finetune's last-epoch numbers reuse the history's keys.
+        # As tracking.record_from_outputs gathers them: finetune's last-epoch numbers reuse the history's keys.
         "final_metrics": {"test_accuracy": 0.75, "head_test_accuracy": 0.6, "loss": 0.5, "trainable_layers": 4},
         "tags": {"project": "thaw", "unfreeze.layers": "2"},
         "artifacts": {"model": [store["model.keras"]], "report": [store["trace.md"], store["layers.csv"]]},
@@ -392,3 +392,12 @@ def test_the_variant_key_moves_with_params_and_every_file_track_reads_and_nothin
         assert _gather(paths, params)[1] != key, changed
         changed.write_bytes(original)
     assert _gather(paths, params)[1] == key
+
+
+def test_the_experiment_is_marked_as_model_training_so_the_ui_opens_on_its_runs(store: dict[str, Any]):
+    client = store["client"]
+    created = tracking.ensure_experiment(client, "fresh", store["artifact_root"])
+    assert client.get_experiment(created).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    older = client.create_experiment("made-before-the-tag")  # e.g. by an earlier thaw
+    assert tracking.ensure_experiment(client, "made-before-the-tag", None) == older
+    assert client.get_experiment(older).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,8 +30,17 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> tuple[arg
     return args, load(args.params)
 
 
+# TensorFlow's C++ start-up notices (oneDNN, absl, a harmless tf.data attribute mismatch logged as an error
+# by this TensorFlow build) would bury the per-epoch lines. Level 3 keeps them out; Python errors, and the
+# stage's own log, still show. It must be set before TensorFlow is imported, hence here, and the stages
+# import TensorFlow only inside `main`, after `parse` has checked the config. A value set outside wins.
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback."""
+    for key, value in QUIET_TENSORFLOW.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         main(argv)

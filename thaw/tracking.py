@@ -31,6 +31,8 @@ VARIANT_TAG = "thaw.variant"
 SWEEP_TAG = "thaw.sweep"
 ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+# MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
 # metrics/<name>.json, and the prefix its values take among the run's final metrics
 METRIC_FILES = (("train_head", "head_"), ("finetune", ""), ("unfreeze", ""), ("pretrain", "pretrain_"))
@@ -184,10 +186,14 @@ def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str
             f"{experiment.experiment_id}`), purge it (`mlflow gc`), or set tracking.experiment to another name"
         )
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(experiment.experiment_id)
     location = (artifact_root / name).as_uri() if artifact_root else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(
+            client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        )
     except MlflowException:  # a parallel job created it first
         return str(client.get_experiment_by_name(name).experiment_id)
 
