@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     experiment = params.tracking.experiment
     record, variant = tracking.record_from_outputs(
         dataclasses.asdict(params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
-        Path(args.lock), Path(args.inputs), experiment,
+        Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
     )  # fmt: skip
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("tracked run %s in %s (experiment %r)", result["run_id"], uri, experiment)
     artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
     artifacts.write_json(args.variant, {"experiment": experiment, "variant": variant})
+    shutil.rmtree(stage.TIMINGS, ignore_errors=True)  # used: the next run's span starts with its first stage
 
 
 if __name__ == "__main__":

@@ -584,3 +584,15 @@ def test_a_tensorflow_stage_prints_its_log_without_tensorflows_cpp_notices(tmp_p
     assert "extracted features (12, 8, 8, 8)" in proc.stderr  # the stage's own log line
     for noise in ("oneDNN", "absl::InitializeLog", "E0000", "cpu_feature_guard", "node_def_util"):
         assert noise not in proc.stderr, proc.stderr
+
+
+def test_run_records_when_the_stage_ran_outside_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+
+    def main(argv: list[str] | None) -> None:
+        pass
+
+    main.__module__ = "stages.train_head"
+    stage.run(main, [])
+    record = artifacts.read_json(tmp_path / stage.TIMINGS / "train-head.json")
+    assert record["stage"] == "train-head" and record["end"] >= record["start"]

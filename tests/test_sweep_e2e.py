@@ -203,7 +203,9 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
         # ... and each point's own page renders it with its params and metrics.
         best = client.get_run(tracking.find_sweep_parent(client, experiment_id, "grid")).data.tags["thaw.best_run_id"]
         point_page = rendered(f"{base}/#/experiments/{experiment_id}/runs/{best}")
-        best_name = client.get_run(best).info.run_name
+        info = client.get_run(best).info
+        best_name = info.run_name
+        assert info.end_time - info.start_time > 1_000  # Duration: when its stages ran, not the logging call
         assert best_name in point_page and "unfreeze.layers" in point_page and "val_accuracy" in point_page
         screenshot = tmp_path / "mlflow-ui.png"
         subprocess.run([*chrome, f"--screenshot={screenshot}", page], capture_output=True, timeout=120, check=True)

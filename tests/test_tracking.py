@@ -401,3 +401,19 @@ def test_the_experiment_is_marked_as_model_training_so_the_ui_opens_on_its_runs(
     older = client.create_experiment("made-before-the-tag")  # e.g. by an earlier thaw
     assert tracking.ensure_experiment(client, "made-before-the-tag", None) == older
     assert client.get_experiment(older).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_the_run_spans_the_stages_that_ran_and_logs_their_seconds(tmp_path: Path, store: dict[str, Any]):
+    paths = _outputs(tmp_path / "project")
+    timings = tmp_path / "timings"
+    for stage, start, end in (("train-head", 1_000.0, 1_030.5), ("finetune", 1_031.0, 1_100.0)):
+        artifacts.write_json(timings / f"{stage}.json", {"stage": stage, "start": start, "end": end})
+    record, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=timings, **paths)
+    assert (record.start_ms, record.end_ms) == (1_000_000, 1_100_000)
+    assert record.final_metrics["stage_seconds.train-head"] == 30.5
+    run_id = tracking.log_run(store["uri"], record, "timed", None)["run_id"]
+    info = store["client"].get_run(run_id).info
+    assert (info.start_time, info.end_time) == (1_000_000, 1_100_000)  # Duration: the stages' 100 s
+    untimed, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=tmp_path / "none",
+                                              **paths)  # fmt: skip
+    assert (untimed.start_ms, untimed.end_ms) == (None, None)

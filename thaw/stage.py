@@ -7,8 +7,11 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from thaw.artifacts import write_json
 from thaw.config import Params, load
 from thaw.errors import USER_ERRORS
 
@@ -42,8 +45,22 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start = time.time()
     try:
         main(argv)
     except USER_ERRORS as exc:
         log.error("%s", exc)
         sys.exit(2)
+    record_timing(main.__module__, start, time.time())
+
+
+# When each stage ran, for `track` to give the MLflow run its real start, end and per-stage seconds. Not a
+# DVC output: a clock reading must not make outputs differ between two runs (git-ignored, like the run id).
+TIMINGS = Path("reports/timings")
+
+
+def record_timing(module: str, start: float, end: float, folder: Path = TIMINGS) -> None:
+    name = module.rsplit(".", 1)[-1].replace("_", "-")
+    if name in ("input", "track", "__main__"):
+        return
+    write_json(folder / f"{name}.json", {"stage": name, "start": start, "end": end})

@@ -136,6 +136,9 @@ class RunRecord:
     final_metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: dict[str, list[Path]]  # artifact folder in the run -> local files
+    # When the stages that ran for this variant started and ended (ms since the epoch); None: when tracked.
+    start_ms: int | None = None
+    end_ms: int | None = None
 
 
 @contextlib.contextmanager
@@ -243,7 +246,8 @@ def _log_run(
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
 
-    run = client.create_run(experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **tags})
+    run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name,
+                            tags={VARIANT_TAG: variant, **tags})  # fmt: skip
     run_id = run.info.run_id
     try:
         params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
@@ -267,7 +271,7 @@ def _log_run(
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    client.set_terminated(run_id, status="FINISHED", end_time=record.end_ms)
     return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
 
 
@@ -281,6 +285,7 @@ def record_from_outputs(
     inputs: Path,
     experiment: str,
     environ: Mapping[str, str] = os.environ,
+    timings: Path | None = None,
 ) -> tuple[RunRecord, str]:
     """Gather a variant's run from the outputs the stages recorded (so stages that DVC skipped still
     contribute their numbers); return it with its variant key. `params` is the whole config, as plain data."""
@@ -316,7 +321,11 @@ def record_from_outputs(
         ],
         "history": [plots / "train_head.csv", plots / "finetune.csv", plots / "confusion.csv"],
     }
-    record = RunRecord(experiment, run_name, flat, history, final, tags, files)
+    spans = read_timings(timings) if timings else {}
+    final.update({f"stage_seconds.{stage}": round(end - start, 3) for stage, (start, end) in spans.items()})
+    start_ms = int(min(start for start, _ in spans.values()) * 1000) if spans else None
+    end_ms = int(max(end for _, end in spans.values()) * 1000) if spans else None
+    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms)
     # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
     # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
     # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
@@ -324,3 +333,13 @@ def record_from_outputs(
     read = [inputs / f"{name}.json" for name in INPUT_NAMES] + [metrics / f"{n}.json" for n, _ in METRIC_FILES]
     read += [finetuned, *files["report"], *files["history"]]
     return record, variant_key(flat, {path.as_posix(): file_md5(path) for path in read})
+
+
+def read_timings(folder: Path) -> dict[str, tuple[float, float]]:
+    """stage -> (start, end) in seconds since the epoch, from the records `thaw.stage` leaves for each stage
+    that ran in this workspace (stages DVC restored from its cache left none: they did not run)."""
+    spans = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_json(path)
+        spans[str(record["stage"])] = (float(record["start"]), float(record["end"]))
+    return spans
