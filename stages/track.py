@@ -20,11 +20,12 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs",
-                               "variant", "out")  # fmt: skip
+                               "raw_meta", "variant", "out")  # fmt: skip
     experiment = params.tracking.experiment
     record, variant = tracking.record_from_outputs(
         dataclasses.asdict(params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
         Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
+        raw_meta=Path(args.raw_meta),
     )  # fmt: skip
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)

@@ -3,6 +3,7 @@ SQLite-backed MLflow store."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -417,3 +418,24 @@ def test_the_run_spans_the_stages_that_ran_and_logs_their_seconds(tmp_path: Path
     untimed, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=tmp_path / "none",
                                               **paths)  # fmt: skip
     assert (untimed.start_ms, untimed.end_ms) == (None, None)
+
+
+def test_the_run_logs_its_training_dataset(tmp_path: Path, store: dict[str, Any]):
+    paths = _outputs(tmp_path / "project")
+    lock = yaml.safe_load(paths["lock"].read_text())
+    lock["stages"]["ingest"] = {"cmd": "x", "outs": [{"path": "data/raw", "md5": "d" * 32 + ".dir"}]}
+    paths["lock"].write_text(yaml.safe_dump(lock))
+    meta = tmp_path / "meta.json"
+    artifacts.write_json(meta, {"rows": 1000, "class_names": list("0123456789"), "row_shape": [32, 32, 3]})
+    params = {"data": {"source": "npz", "path": "/data/x.npz"}}
+    record, key = tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)
+    run_id = tracking.log_run(store["uri"], record, key, None)["run_id"]
+    (used,) = store["client"].get_run(run_id).inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, used.dataset.source_type) == ("x.npz", "d" * 32 + ".dir", "local")
+    assert json.loads(used.dataset.profile) == {"num_rows": 1000, "num_classes": 10, "image_shape": [32, 32, 3]}
+    assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
+    digits, _ = tracking.record_from_outputs({"data": {"source": "digits", "path": None}}, experiment="thaw",
+                                             environ={}, raw_meta=meta, **paths)  # fmt: skip
+    assert (digits.datasets[0]["name"], digits.datasets[0]["source_type"]) == ("digits", "code")
+    meta.write_text(meta.read_text().replace("1000", "999"))  # track reads it: the key moves with it
+    assert tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)[1] != key

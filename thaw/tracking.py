@@ -14,7 +14,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +139,8 @@ class RunRecord:
     # When the stages that ran for this variant started and ended (ms since the epoch); None: when tracked.
     start_ms: int | None = None
     end_ms: int | None = None
+    # What the run trained on, as MLflow dataset inputs: name, digest, source_type, source, profile.
+    datasets: list[dict[str, str]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -227,7 +229,7 @@ def log_run(
 def _log_run(
     client: Any, uri: str, record: RunRecord, variant: str, artifact_root: Path | None, sweep: str | None
 ) -> dict[str, str]:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
     experiment_id = ensure_experiment(client, record.experiment, artifact_root)
     tags = dict(record.tags)
@@ -250,6 +252,11 @@ def _log_run(
                             tags={VARIANT_TAG: variant, **tags})  # fmt: skip
     run_id = run.info.run_id
     try:
+        if record.datasets:
+            inputs = [
+                DatasetInput(Dataset(**d), tags=[InputTag("mlflow.data.context", "training")]) for d in record.datasets
+            ]
+            with_retries(lambda: client.log_inputs(run_id, datasets=inputs))
         params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
         timestamp = run.info.start_time
         metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
@@ -286,6 +293,7 @@ def record_from_outputs(
     experiment: str,
     environ: Mapping[str, str] = os.environ,
     timings: Path | None = None,
+    raw_meta: Path | None = None,
 ) -> tuple[RunRecord, str]:
     """Gather a variant's run from the outputs the stages recorded (so stages that DVC skipped still
     contribute their numbers); return it with its variant key. `params` is the whole config, as plain data."""
@@ -325,12 +333,14 @@ def record_from_outputs(
     final.update({f"stage_seconds.{stage}": round(end - start, 3) for stage, (start, end) in spans.items()})
     start_ms = int(min(start for start, _ in spans.values()) * 1000) if spans else None
     end_ms = int(max(end for _, end in spans.values()) * 1000) if spans else None
-    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms)
+    datasets = [training_dataset(flat, read_json(raw_meta), hashes)] if raw_meta else []
+    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms, datasets)
     # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
     # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
     # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
     # has no reason to rerun track (a code change with byte-identical outputs), and the committed lock with it.
     read = [inputs / f"{name}.json" for name in INPUT_NAMES] + [metrics / f"{n}.json" for n, _ in METRIC_FILES]
+    read += [raw_meta] if raw_meta else []
     read += [finetuned, *files["report"], *files["history"]]
     return record, variant_key(flat, {path.as_posix(): file_md5(path) for path in read})
 
@@ -343,3 +353,21 @@ def read_timings(folder: Path) -> dict[str, tuple[float, float]]:
         record = read_json(path)
         spans[str(record["stage"])] = (float(record["start"]), float(record["end"]))
     return spans
+
+
+def training_dataset(
+    flat_params: Mapping[str, Any], meta: Mapping[str, Any], hashes: Mapping[str, str]
+) -> dict[str, str]:
+    """The MLflow dataset input of a run: the ingested data, named after its source, digested by the content
+    hash DVC recorded for it (what the run really read), with its rows, classes and image shape."""
+    source = str(flat_params.get("data.source"))
+    path = flat_params.get("data.path")
+    digest = next((h for key, h in hashes.items() if key.startswith("ingest:")), "unknown")
+    profile = {"num_rows": meta["rows"], "num_classes": len(meta["class_names"]), "image_shape": meta["row_shape"]}
+    return {
+        "name": Path(str(path)).name if path else source,
+        "digest": digest[:36],
+        "source_type": "local" if path else "code",
+        "source": json.dumps({"uri": str(path)} if path else {"name": "scikit-learn bundled digits"}),
+        "profile": json.dumps(profile),
+    }
