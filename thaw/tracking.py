@@ -31,6 +31,7 @@ VARIANT_TAG = "thaw.variant"
 SWEEP_TAG = "thaw.sweep"
 ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+MODEL_URI_TAG = "thaw.model_uri"  # the run's MLflow model (models:/<id>)
 # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training runs.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
@@ -141,6 +142,8 @@ class RunRecord:
     end_ms: int | None = None
     # What the run trained on, as MLflow dataset inputs: name, digest, source_type, source, profile.
     datasets: list[dict[str, str]] = field(default_factory=list)
+    # The fine-tuned model to log as an MLflow model: its `.keras` file, class names and image shape.
+    model: dict[str, Any] | None = None
 
 
 @contextlib.contextmanager
@@ -246,7 +249,9 @@ def _log_run(
         run_id = existing[0].info.run_id
         log.info("variant %s already tracked as run %s; updating its tags", variant, run_id)
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+        model_uri = existing[0].data.tags.get(MODEL_URI_TAG, "")
+        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant,
+                "model_uri": model_uri}  # fmt: skip
 
     run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name,
                             tags={VARIANT_TAG: variant, **tags})  # fmt: skip
@@ -271,6 +276,10 @@ def _log_run(
         for folder, files in record.artifacts.items():
             for file in files:
                 with_retries(lambda f=file, d=folder: client.log_artifact(run_id, str(f), artifact_path=d or None))
+        model_uri = ""
+        if record.model:
+            model_uri = log_model(client, run_id, experiment_id, record.model, tags)
+            client.set_tag(run_id, MODEL_URI_TAG, model_uri)
         # Read back before reporting success: a run whose metrics did not all land is not a finished run.
         missing = {m.key for m in metrics} - set(client.get_run(run_id).data.metrics)
         if missing:
@@ -279,7 +288,21 @@ def _log_run(
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED", end_time=record.end_ms)
-    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant,
+            "model_uri": model_uri}  # fmt: skip
+
+
+def log_model(client: Any, run_id: str, experiment_id: str, model: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """Save the fine-tuned model as an MLflow pyfunc model and log it to the run; its `models:/` URI."""
+    import tempfile
+
+    from thaw import serving
+
+    lineage = {k: v for k, v in tags.items() if k in ("git.commit", "dvc.experiment", SWEEP_TAG)}
+    with tempfile.TemporaryDirectory(prefix="thaw-mlflow-model-") as tmp:
+        folder = serving.save(Path(model["keras"]), list(model["class_names"]), list(model["image_shape"]),
+                              Path(tmp) / "model")  # fmt: skip
+        return serving.log(client, run_id, experiment_id, folder, lineage)
 
 
 def record_from_outputs(
@@ -333,8 +356,10 @@ def record_from_outputs(
     final.update({f"stage_seconds.{stage}": round(end - start, 3) for stage, (start, end) in spans.items()})
     start_ms = int(min(start for start, _ in spans.values()) * 1000) if spans else None
     end_ms = int(max(end for _, end in spans.values()) * 1000) if spans else None
-    datasets = [training_dataset(flat, read_json(raw_meta), hashes)] if raw_meta else []
-    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms, datasets)
+    meta = read_json(raw_meta) if raw_meta else None
+    datasets = [training_dataset(flat, meta, hashes)] if meta else []
+    model = {"keras": finetuned, "class_names": meta["class_names"], "image_shape": meta["row_shape"]} if meta else None
+    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms, datasets, model)
     # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
     # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
     # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
