@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+
 MLFLOW_PORT ?= 5000
 
 .PHONY: setup repro test test-fast lint ui ablation params

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thaw import artifacts, dataflow, model, shards, stage, training
+from thaw import artifacts, dataflow, shards, stage
 from thaw.freezing import freeze
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "normalized", "base", "out", "flow")
+    from thaw import model, training  # TensorFlow: only once the config is known good
+
     training.configure_threads(params.runtime.intra_op_threads, params.runtime.inter_op_threads)
     training.make_deterministic(params.seed)
     data = shards.open_dataset(args.normalized)

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, model, shards, stage, tracking, training, transfer
+from thaw import artifacts, dataflow, shards, stage, tracking
 from thaw.datasources import TEST, VAL
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "model", "normalized", "head_history", "out", "history", "metrics",
                                "confusion", "flow")  # fmt: skip
+    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+
     finetune = params.finetune
     if finetune.lr >= params.train_head.lr:
         log.warning("finetune.lr = %g is not below train_head.lr = %g; fine-tuning usually wants a lower rate",

@@ -12,13 +12,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from thaw import artifacts, inputs, model, stage, tracking, training, transfer
+from thaw import artifacts, inputs, stage, tracking
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "input", "out", "metrics")
+    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+
     base_params, image_size = params.base, params.data.image_size
     inputs.check_fingerprint(artifacts.read_json(args.input), base_params.path, args.input)
     settings = {"base": dataclasses.asdict(base_params), "runtime": dataclasses.asdict(params.runtime),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,18 +20,30 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs",
-                               "variant", "out")  # fmt: skip
+                               "raw_meta", "variant", "out")  # fmt: skip
     experiment = params.tracking.experiment
     record, variant = tracking.record_from_outputs(
         dataclasses.asdict(params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
-        Path(args.lock), Path(args.inputs), experiment,
+        Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
+        raw_meta=Path(args.raw_meta),
     )  # fmt: skip
     root = tracking.project_root()
     uri = tracking.tracking_uri(root)
     result = tracking.log_run(uri, record, variant, tracking.artifact_root(root), sweep=params.tracking.sweep)
-    log.info("tracked run %s in %s (experiment %r)", result["run_id"], uri, experiment)
+    log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], uri, experiment,
+             result["model_uri"])  # fmt: skip
+    if params.tracking.register and result["model_uri"]:
+        from mlflow.tracking import MlflowClient
+
+        from thaw import serving
+
+        lineage = {k: v for k, v in record.tags.items() if k in ("git.commit", "dvc.experiment")}
+        version = serving.register(MlflowClient(tracking_uri=uri), params.tracking.registered_model,
+                                   result["model_uri"], result["run_id"], None, lineage)  # fmt: skip
+        log.info("registered as %s version %s", params.tracking.registered_model, version)
     artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
     artifacts.write_json(args.variant, {"experiment": experiment, "variant": variant})
+    shutil.rmtree(stage.TIMINGS, ignore_errors=True)  # used: the next run's span starts with its first stage
 
 
 if __name__ == "__main__":

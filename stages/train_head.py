@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, model, shards, stage, tracking, training, transfer
+from thaw import artifacts, dataflow, shards, stage, tracking
 from thaw.datasources import TEST
 from thaw.freezing import freeze, layer_table
 
@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "features", "base", "head", "model", "layers", "history", "metrics",
                                "flow")  # fmt: skip
+    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+
     head_params = params.train_head
     data = shards.open_dataset(args.features)
     features, labels, split = data.array, data.labels, data.split

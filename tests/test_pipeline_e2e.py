@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,28 @@ def test_second_repro_does_nothing(workspace, first_repro):
     output = run(["dvc", "repro"], root, env)
     assert stages_run(output) == []
     assert "up to date" in output.lower()
+
+
+def test_dvc_plots_are_exactly_the_intended_ones_with_their_axes(workspace, first_repro):
+    """`dvc plots show`: the learning curves over the epoch axis, the confusion matrix, the report's PNGs,
+    and nothing drawn with a default template over the row index."""
+    root, env = workspace
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    plots = json.loads(shown.stdout)["data"]
+    assert set(plots) == {"learning curves (accuracy)", "learning curves (loss)", "test confusion matrix",
+                          "reports/curves.png", "reports/confusion.png"}  # fmt: skip
+    for name, metric in (("learning curves (accuracy)", "accuracy"), ("learning curves (loss)", "loss")):
+        (plot,) = plots[name]
+        spec = plot["content"]
+        assert spec["encoding"]["x"]["field"] == "epoch"
+        assert spec["layer"][0]["encoding"]["y"]["title"] == metric
+        drawn = {row["filename::field"] for row in spec["data"]["values"]}
+        assert drawn == {f"{f}.csv::{m}" for f in ("train_head", "finetune") for m in (metric, f"val_{metric}")}
+    (confusion,) = plots["test confusion matrix"]
+    encoding = confusion["content"]["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted")
+    assert all(p["type"] == "image" for name in ("reports/curves.png", "reports/confusion.png") for p in plots[name])
 
 
 def test_exp_run_with_hydra_override_reruns_only_unfreeze_and_after(workspace, first_repro):

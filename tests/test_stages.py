@@ -542,3 +542,57 @@ def test_the_layer_table_confusion_pairs_and_flow_rows(pipeline: dict[str, Any])
         row = read(pipeline, f"{p['flow']}/{name}.json")
         assert row["stage"] == name and {"title", "input", "operation", "output", "example"} <= set(row)
     assert list(pipeline["root"].rglob(".*.tmp*")) == []  # nothing half-written left by the atomic writes
+
+
+# --- quiet, and fast to refuse ----------------------------------------------------------------------------------
+
+BAD_CONFIG_WITHOUT_TENSORFLOW = """
+import runpy, sys
+sys.argv = ["train_head", "--features", "f", "--base", "b", "--head", "h", "--model", "m", "--layers", "l",
+            "--history", "h.csv", "--metrics", "m.json", "--flow", "f.json"]
+try:
+    runpy.run_module("stages.train_head", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code == 2, exit.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "keras", "mlflow", "tf_keras"})
+assert not heavy, f"a bad config imported {heavy[:10]} before it was refused"
+"""
+
+
+def test_a_training_stage_refuses_a_bad_config_before_importing_tensorflow(tmp_path: Path):
+    write_params(tmp_path, train_head={"epochs": "abc"})
+    proc = subprocess.run([sys.executable, "-c", BAD_CONFIG_WITHOUT_TENSORFLOW], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "train_head.epochs: Value 'abc'" in proc.stderr
+
+
+def test_a_tensorflow_stage_prints_its_log_without_tensorflows_cpp_notices(tmp_path: Path):
+    from thaw import model
+
+    write_params(tmp_path)
+    pixels = np.random.default_rng(0).random((12, 32, 32, 3), dtype=np.float32)
+    shards.save(tmp_path / "normalized", "pixels", pixels, np.arange(12) % 2, np.zeros(12, np.int8), ["a", "b"])
+    model.save_model(model.build_conv_base(32, [4, 8]), tmp_path / "base.keras")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}  # as a user's shell has it
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-m", "stages.extract_frozen", "--normalized", "normalized", "--base",
+                           "base.keras", "--out", "features", "--flow", "flow.json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "extracted features (12, 8, 8, 8)" in proc.stderr  # the stage's own log line
+    for noise in ("oneDNN", "absl::InitializeLog", "E0000", "cpu_feature_guard", "node_def_util"):
+        assert noise not in proc.stderr, proc.stderr
+
+
+def test_run_records_when_the_stage_ran_outside_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+
+    def main(argv: list[str] | None) -> None:
+        pass
+
+    main.__module__ = "stages.train_head"
+    stage.run(main, [])
+    record = artifacts.read_json(tmp_path / stage.TIMINGS / "train-head.json")
+    assert record["stage"] == "train-head" and record["end"] >= record["start"]

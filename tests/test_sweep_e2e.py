@@ -195,13 +195,17 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
         def rendered(page: str) -> str:
             return subprocess.run([*chrome, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
 
-        # The runs page lists the sweep as one parent row (its points are nested, collapsed) ...
-        page = f"{base}/#/experiments/{experiment_id}/runs"
+        # The experiment opens on its runs table (not MLflow 3's GenAI overview), the sweep one parent row
+        # (its points nested, collapsed) ...
+        assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+        page = f"{base}/#/experiments/{experiment_id}"
         assert "sweep grid" in rendered(page), f"the sweep's parent run is not rendered on {page}"
         # ... and each point's own page renders it with its params and metrics.
         best = client.get_run(tracking.find_sweep_parent(client, experiment_id, "grid")).data.tags["thaw.best_run_id"]
         point_page = rendered(f"{base}/#/experiments/{experiment_id}/runs/{best}")
-        best_name = client.get_run(best).info.run_name
+        info = client.get_run(best).info
+        best_name = info.run_name
+        assert info.end_time - info.start_time > 1_000  # Duration: when its stages ran, not the logging call
         assert best_name in point_page and "unfreeze.layers" in point_page and "val_accuracy" in point_page
         screenshot = tmp_path / "mlflow-ui.png"
         subprocess.run([*chrome, f"--screenshot={screenshot}", page], capture_output=True, timeout=120, check=True)

@@ -3,6 +3,7 @@ SQLite-backed MLflow store."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -183,7 +184,7 @@ def _record(store: dict[str, Any], **changes: Any) -> RunRecord:
         "run_name": "layers=2 lr=0.0001",
         "params": {"seed": 42, "unfreeze.layers": 2, "finetune.lr": 0.0001, "data.path": None},
         "history": HISTORY,
-        # As track.build_record gathers them: finetune's last-epoch numbers reuse the history's keys.
+        # As tracking.record_from_outputs gathers them: finetune's last-epoch numbers reuse the history's keys.
         "final_metrics": {"test_accuracy": 0.75, "head_test_accuracy": 0.6, "loss": 0.5, "trainable_layers": 4},
         "tags": {"project": "thaw", "unfreeze.layers": "2"},
         "artifacts": {"model": [store["model.keras"]], "report": [store["trace.md"], store["layers.csv"]]},
@@ -392,3 +393,49 @@ def test_the_variant_key_moves_with_params_and_every_file_track_reads_and_nothin
         assert _gather(paths, params)[1] != key, changed
         changed.write_bytes(original)
     assert _gather(paths, params)[1] == key
+
+
+def test_the_experiment_is_marked_as_model_training_so_the_ui_opens_on_its_runs(store: dict[str, Any]):
+    client = store["client"]
+    created = tracking.ensure_experiment(client, "fresh", store["artifact_root"])
+    assert client.get_experiment(created).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    older = client.create_experiment("made-before-the-tag")  # e.g. by an earlier thaw
+    assert tracking.ensure_experiment(client, "made-before-the-tag", None) == older
+    assert client.get_experiment(older).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_the_run_spans_the_stages_that_ran_and_logs_their_seconds(tmp_path: Path, store: dict[str, Any]):
+    paths = _outputs(tmp_path / "project")
+    timings = tmp_path / "timings"
+    for stage, start, end in (("train-head", 1_000.0, 1_030.5), ("finetune", 1_031.0, 1_100.0)):
+        artifacts.write_json(timings / f"{stage}.json", {"stage": stage, "start": start, "end": end})
+    record, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=timings, **paths)
+    assert (record.start_ms, record.end_ms) == (1_000_000, 1_100_000)
+    assert record.final_metrics["stage_seconds.train-head"] == 30.5
+    run_id = tracking.log_run(store["uri"], record, "timed", None)["run_id"]
+    info = store["client"].get_run(run_id).info
+    assert (info.start_time, info.end_time) == (1_000_000, 1_100_000)  # Duration: the stages' 100 s
+    untimed, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=tmp_path / "none",
+                                              **paths)  # fmt: skip
+    assert (untimed.start_ms, untimed.end_ms) == (None, None)
+
+
+def test_the_run_logs_its_training_dataset(tmp_path: Path, store: dict[str, Any]):
+    paths = _outputs(tmp_path / "project")
+    lock = yaml.safe_load(paths["lock"].read_text())
+    lock["stages"]["ingest"] = {"cmd": "x", "outs": [{"path": "data/raw", "md5": "d" * 32 + ".dir"}]}
+    paths["lock"].write_text(yaml.safe_dump(lock))
+    meta = tmp_path / "meta.json"
+    artifacts.write_json(meta, {"rows": 1000, "class_names": list("0123456789"), "row_shape": [32, 32, 3]})
+    params = {"data": {"source": "npz", "path": "/data/x.npz"}}
+    record, key = tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)
+    run_id = tracking.log_run(store["uri"], record, key, None)["run_id"]
+    (used,) = store["client"].get_run(run_id).inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, used.dataset.source_type) == ("x.npz", "d" * 32 + ".dir", "local")
+    assert json.loads(used.dataset.profile) == {"num_rows": 1000, "num_classes": 10, "image_shape": [32, 32, 3]}
+    assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
+    digits, _ = tracking.record_from_outputs({"data": {"source": "digits", "path": None}}, experiment="thaw",
+                                             environ={}, raw_meta=meta, **paths)  # fmt: skip
+    assert (digits.datasets[0]["name"], digits.datasets[0]["source_type"]) == ("digits", "code")
+    meta.write_text(meta.read_text().replace("1000", "999"))  # track reads it: the key moves with it
+    assert tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)[1] != key

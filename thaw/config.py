@@ -181,9 +181,13 @@ class RuntimeParams:
 class TrackingParams:
     experiment: str
     sweep: str | None  # set by sweeps: groups this run under the sweep's parent run in MLflow
+    registered_model: str  # the Model Registry name a sweep's champion (and `register`) goes to
+    register: bool  # also register this run's model (a new version, no alias); sweeps alias their champion
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        _require(bool(self.registered_model.strip()), "tracking.registered_model", self.registered_model,
+                 "a non-empty name")  # fmt: skip
         if self.sweep is not None:
             _require(
                 bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.sweep)),

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from thaw.artifacts import write_json
 from thaw.config import Params, load
 from thaw.errors import USER_ERRORS
 
@@ -29,11 +33,34 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> tuple[arg
     return args, load(args.params)
 
 
+# TensorFlow's C++ start-up notices (oneDNN, absl, a harmless tf.data attribute mismatch logged as an error
+# by this TensorFlow build) would bury the per-epoch lines. Level 3 keeps them out; Python errors, and the
+# stage's own log, still show. It must be set before TensorFlow is imported, hence here, and the stages
+# import TensorFlow only inside `main`, after `parse` has checked the config. A value set outside wins.
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback."""
+    for key, value in QUIET_TENSORFLOW.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start = time.time()
     try:
         main(argv)
     except USER_ERRORS as exc:
         log.error("%s", exc)
         sys.exit(2)
+    record_timing(main.__module__, start, time.time())
+
+
+# When each stage ran, for `track` to give the MLflow run its real start, end and per-stage seconds. Not a
+# DVC output: a clock reading must not make outputs differ between two runs (git-ignored, like the run id).
+TIMINGS = Path("reports/timings")
+
+
+def record_timing(module: str, start: float, end: float, folder: Path = TIMINGS) -> None:
+    name = module.rsplit(".", 1)[-1].replace("_", "-")
+    if name in ("input", "track", "__main__"):
+        return
+    write_json(folder / f"{name}.json", {"stage": name, "start": start, "end": end})

@@ -20,7 +20,15 @@ from hydra.experimental.callback import Callback
 from thaw.artifacts import atomic_path, write_csv, write_text
 from thaw.intervals import Interval, accuracy_interval, indistinguishable
 from thaw.reporting import markdown_table
-from thaw.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, ensure_experiment, find_sweep_parent, store_lock
+from thaw.tracking import (
+    MODEL_URI_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    ensure_experiment,
+    find_sweep_parent,
+    store_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +214,39 @@ def plot_heatmap(ranked_cells: Sequence[Cell], path: str | Path) -> None:
     plt.close(fig)
 
 
-def summarize_sweep(uri: str, experiment: str, sweep: str, metric: str = "val_accuracy") -> list[dict[str, Any]]:
-    """Nest the sweep's runs under its parent and log the summary there: best point, leaderboard, heatmap."""
+CHAMPION = "champion"
+CHAMPION_RULE = "best cell by mean validation accuracy over its seeds; its best seed's model"
+
+
+def summarize_sweep(
+    uri: str, experiment: str, sweep: str, metric: str = "val_accuracy", registered_model: str | None = None
+) -> list[dict[str, Any]]:
+    """Nest the sweep's runs under its parent and log the summary there: best point, leaderboard, heatmap;
+    with `registered_model`, register the best point's model there and point the `champion` alias at it."""
     from mlflow.tracking import MlflowClient
 
     with store_lock(uri):
-        return _summarize(MlflowClient(tracking_uri=uri), experiment, sweep, metric)
+        return _summarize(MlflowClient(tracking_uri=uri), experiment, sweep, metric, registered_model)
 
 
-def _summarize(client: Any, experiment: str, sweep: str, metric: str) -> list[dict[str, Any]]:
+def register_champion(client: Any, name: str, sweep: str, run_id: str) -> str | None:
+    """Register run `run_id`'s model as a new version of `name`, aliased `champion`, with its lineage (sweep,
+    DVC experiment, git commit, the selection rule); its version, or None for a run without a model."""
+    from thaw import serving
+
+    tags = client.get_run(run_id).data.tags
+    model_uri = tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        log.warning("sweep %s: best run %s has no MLflow model; no champion registered", sweep, run_id)
+        return None
+    lineage = {"thaw.sweep": sweep, "thaw.rule": CHAMPION_RULE, "dvc.experiment": tags.get("dvc.experiment", ""),
+               "git.commit": tags.get("git.commit", "")}  # fmt: skip
+    return serving.register(client, name, model_uri, run_id, CHAMPION, lineage)
+
+
+def _summarize(
+    client: Any, experiment: str, sweep: str, metric: str, registered_model: str | None
+) -> list[dict[str, Any]]:
     from mlflow.entities import Metric, Param, RunTag
 
     experiment_id = ensure_experiment(client, experiment, artifact_root=None)
@@ -250,6 +282,9 @@ def _summarize(client: Any, experiment: str, sweep: str, metric: str) -> list[di
                 RunTag("thaw.indistinguishable_from_best", near),
             ],
         )
+        if registered_model and (version := register_champion(client, registered_model, sweep, best.points[0].run_id)):
+            client.set_tag(parent, "thaw.champion", f"models:/{registered_model}@{CHAMPION} (version {version})")
+            log.info("sweep %s: champion is %s version %s", sweep, registered_model, version)
         with tempfile.TemporaryDirectory() as tmp:
             write_text(Path(tmp) / "leaderboard.md", markdown_table(list(rows[0]), [list(r.values()) for r in rows]))
             write_csv(Path(tmp) / "leaderboard.csv", rows)
@@ -289,7 +324,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from thaw.tracking import project_root, tracking_uri
 
-        rows = summarize_sweep(
-            tracking_uri(project_root()), config.tracking.experiment, config.sweep.id, config.sweep.objective
-        )
+        rows = summarize_sweep(tracking_uri(project_root()), config.tracking.experiment, config.sweep.id,
+                               config.sweep.objective, config.tracking.registered_model)  # fmt: skip
         print(format_table(rows))

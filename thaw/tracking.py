@@ -14,7 +14,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,9 @@ VARIANT_TAG = "thaw.variant"
 SWEEP_TAG = "thaw.sweep"
 ROLE_TAG = "thaw.role"  # "sweep" on a sweep's parent run
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+MODEL_URI_TAG = "thaw.model_uri"  # the run's MLflow model (models:/<id>)
+# MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PHASE_CODES = {"pretrain": -1, "head": 0, "finetune": 1}
 # metrics/<name>.json, and the prefix its values take among the run's final metrics
 METRIC_FILES = (("train_head", "head_"), ("finetune", ""), ("unfreeze", ""), ("pretrain", "pretrain_"))
@@ -134,6 +137,13 @@ class RunRecord:
     final_metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: dict[str, list[Path]]  # artifact folder in the run -> local files
+    # When the stages that ran for this variant started and ended (ms since the epoch); None: when tracked.
+    start_ms: int | None = None
+    end_ms: int | None = None
+    # What the run trained on, as MLflow dataset inputs: name, digest, source_type, source, profile.
+    datasets: list[dict[str, str]] = field(default_factory=list)
+    # The fine-tuned model to log as an MLflow model: its `.keras` file, class names and image shape.
+    model: dict[str, Any] | None = None
 
 
 @contextlib.contextmanager
@@ -184,10 +194,14 @@ def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str
             f"{experiment.experiment_id}`), purge it (`mlflow gc`), or set tracking.experiment to another name"
         )
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(experiment.experiment_id)
     location = (artifact_root / name).as_uri() if artifact_root else None
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(
+            client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        )
     except MlflowException:  # a parallel job created it first
         return str(client.get_experiment_by_name(name).experiment_id)
 
@@ -218,7 +232,7 @@ def log_run(
 def _log_run(
     client: Any, uri: str, record: RunRecord, variant: str, artifact_root: Path | None, sweep: str | None
 ) -> dict[str, str]:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
     experiment_id = ensure_experiment(client, record.experiment, artifact_root)
     tags = dict(record.tags)
@@ -235,11 +249,19 @@ def _log_run(
         run_id = existing[0].info.run_id
         log.info("variant %s already tracked as run %s; updating its tags", variant, run_id)
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+        model_uri = existing[0].data.tags.get(MODEL_URI_TAG, "")
+        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant,
+                "model_uri": model_uri}  # fmt: skip
 
-    run = client.create_run(experiment_id, run_name=record.run_name, tags={VARIANT_TAG: variant, **tags})
+    run = client.create_run(experiment_id, start_time=record.start_ms, run_name=record.run_name,
+                            tags={VARIANT_TAG: variant, **tags})  # fmt: skip
     run_id = run.info.run_id
     try:
+        if record.datasets:
+            inputs = [
+                DatasetInput(Dataset(**d), tags=[InputTag("mlflow.data.context", "training")]) for d in record.datasets
+            ]
+            with_retries(lambda: client.log_inputs(run_id, datasets=inputs))
         params = [Param(k, str(v)) for k, v in sorted(record.params.items())]
         timestamp = run.info.start_time
         metrics = [Metric(k, v, timestamp, step) for k, v, step in epoch_metrics(record.history)]
@@ -254,6 +276,10 @@ def _log_run(
         for folder, files in record.artifacts.items():
             for file in files:
                 with_retries(lambda f=file, d=folder: client.log_artifact(run_id, str(f), artifact_path=d or None))
+        model_uri = ""
+        if record.model:
+            model_uri = log_model(client, run_id, experiment_id, record.model, tags)
+            client.set_tag(run_id, MODEL_URI_TAG, model_uri)
         # Read back before reporting success: a run whose metrics did not all land is not a finished run.
         missing = {m.key for m in metrics} - set(client.get_run(run_id).data.metrics)
         if missing:
@@ -261,8 +287,22 @@ def _log_run(
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
-    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant}
+    client.set_terminated(run_id, status="FINISHED", end_time=record.end_ms)
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "variant": variant,
+            "model_uri": model_uri}  # fmt: skip
+
+
+def log_model(client: Any, run_id: str, experiment_id: str, model: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """Save the fine-tuned model as an MLflow pyfunc model and log it to the run; its `models:/` URI."""
+    import tempfile
+
+    from thaw import serving
+
+    lineage = {k: v for k, v in tags.items() if k in ("git.commit", "dvc.experiment", SWEEP_TAG)}
+    with tempfile.TemporaryDirectory(prefix="thaw-mlflow-model-") as tmp:
+        folder = serving.save(Path(model["keras"]), list(model["class_names"]), list(model["image_shape"]),
+                              Path(tmp) / "model")  # fmt: skip
+        return serving.log(client, run_id, experiment_id, folder, lineage)
 
 
 def record_from_outputs(
@@ -275,6 +315,8 @@ def record_from_outputs(
     inputs: Path,
     experiment: str,
     environ: Mapping[str, str] = os.environ,
+    timings: Path | None = None,
+    raw_meta: Path | None = None,
 ) -> tuple[RunRecord, str]:
     """Gather a variant's run from the outputs the stages recorded (so stages that DVC skipped still
     contribute their numbers); return it with its variant key. `params` is the whole config, as plain data."""
@@ -310,11 +352,47 @@ def record_from_outputs(
         ],
         "history": [plots / "train_head.csv", plots / "finetune.csv", plots / "confusion.csv"],
     }
-    record = RunRecord(experiment, run_name, flat, history, final, tags, files)
+    spans = read_timings(timings) if timings else {}
+    final.update({f"stage_seconds.{stage}": round(end - start, 3) for stage, (start, end) in spans.items()})
+    start_ms = int(min(start for start, _ in spans.values()) * 1000) if spans else None
+    end_ms = int(max(end for _, end in spans.values()) * 1000) if spans else None
+    meta = read_json(raw_meta) if raw_meta else None
+    datasets = [training_dataset(flat, meta, hashes)] if meta else []
+    model = {"keras": finetuned, "class_names": meta["class_names"], "image_shape": meta["row_shape"]} if meta else None
+    record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms, datasets, model)
     # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
     # fingerprints, the model, metrics, curves and reports), so a variant whose data or results changed is a
     # new run, never a stale one. Only deps: a key read from dvc.lock's other entries would move when DVC
     # has no reason to rerun track (a code change with byte-identical outputs), and the committed lock with it.
     read = [inputs / f"{name}.json" for name in INPUT_NAMES] + [metrics / f"{n}.json" for n, _ in METRIC_FILES]
+    read += [raw_meta] if raw_meta else []
     read += [finetuned, *files["report"], *files["history"]]
     return record, variant_key(flat, {path.as_posix(): file_md5(path) for path in read})
+
+
+def read_timings(folder: Path) -> dict[str, tuple[float, float]]:
+    """stage -> (start, end) in seconds since the epoch, from the records `thaw.stage` leaves for each stage
+    that ran in this workspace (stages DVC restored from its cache left none: they did not run)."""
+    spans = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_json(path)
+        spans[str(record["stage"])] = (float(record["start"]), float(record["end"]))
+    return spans
+
+
+def training_dataset(
+    flat_params: Mapping[str, Any], meta: Mapping[str, Any], hashes: Mapping[str, str]
+) -> dict[str, str]:
+    """The MLflow dataset input of a run: the ingested data, named after its source, digested by the content
+    hash DVC recorded for it (what the run really read), with its rows, classes and image shape."""
+    source = str(flat_params.get("data.source"))
+    path = flat_params.get("data.path")
+    digest = next((h for key, h in hashes.items() if key.startswith("ingest:")), "unknown")
+    profile = {"num_rows": meta["rows"], "num_classes": len(meta["class_names"]), "image_shape": meta["row_shape"]}
+    return {
+        "name": Path(str(path)).name if path else source,
+        "digest": digest[:36],
+        "source_type": "local" if path else "code",
+        "source": json.dumps({"uri": str(path)} if path else {"name": "scikit-learn bundled digits"}),
+        "profile": json.dumps(profile),
+    }

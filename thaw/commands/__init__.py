@@ -3,6 +3,7 @@
     thaw sweep -m unfreeze.layers=0,2,4 finetune.lr=1e-3,1e-4   # a Hydra sweep (thaw.commands.sweep)
     thaw leaderboard --sweep depth-lr                           # rank a sweep's runs (thaw.commands.leaderboard)
     thaw compose base=random                                    # recompose params.yaml (thaw.commands.compose)
+    thaw predict --model models:/thaw@champion --input photos/ --out predictions.csv
 
 Each subcommand is also `python -m thaw.commands.<name>`. Subcommands import their module only when run,
 so `thaw compose` never pays for MLflow or TensorFlow.
@@ -19,6 +20,7 @@ COMMANDS = {
     "sweep": ("thaw.commands.sweep", "cli", "run a Hydra sweep of the pipeline (grid, Optuna; local or Ray)"),
     "leaderboard": ("thaw.commands.leaderboard", "main", "rank runs by (unfreeze.layers, finetune.lr) with intervals"),
     "compose": ("thaw.commands.compose", "main", "compose conf/ into params.yaml (after editing conf/)"),
+    "predict": ("thaw.commands.predict", "main", "classify images with a model (models:/thaw@champion, a run, a file)"),
 }
 
 

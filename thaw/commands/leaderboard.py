@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
-from thaw import sweeps, tracking
+from thaw import config, sweeps, tracking
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metric", default="val_accuracy", help="rank by this metric (default: %(default)s)")
     parser.add_argument("--summarize", action="store_true", help="log the sweep's summary to its parent run")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else mlflow.db at the project root")
+    parser.add_argument("--registered-model", help="with --summarize: register the best point's model here as "
+                        "`champion` (default: tracking.registered_model of params.yaml, else 'thaw')")  # fmt: skip
     args = parser.parse_args(argv)
     if args.summarize and not args.sweep:
         parser.error("--summarize needs --sweep")
@@ -30,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     uri = args.tracking_uri or tracking.tracking_uri(tracking.project_root())
     if args.summarize:
-        rows = sweeps.summarize_sweep(uri, args.experiment, args.sweep, args.metric)
+        name = args.registered_model or registered_model_name(Path("params.yaml"))
+        rows = sweeps.summarize_sweep(uri, args.experiment, args.sweep, args.metric, name)
     else:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(args.experiment)
@@ -39,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ranked = sweeps.points(client, experiment.experiment_id, args.sweep, args.metric)
         rows = sweeps.leaderboard_rows(sweeps.cells(ranked, args.metric))
     print(sweeps.format_table(rows))
+
+
+def registered_model_name(params: Path) -> str:
+    return config.load(params).tracking.registered_model if params.is_file() else "thaw"
 
 
 if __name__ == "__main__":
