@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, shards, stage, tracking
+from thaw import artifacts, dataflow, shards, stage, store
 from thaw.datasources import TEST, VAL
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     first_epoch = int(artifacts.read_csv(args.head_history)[-1]["epoch"]) + 1
     settings = {"finetune": dataclasses.asdict(finetune), "runtime": dataclasses.asdict(params.runtime),
                 "seed": params.seed}  # fmt: skip
-    uri = tracking.tracking_uri(tracking.project_root())
+    uri = store.tracking_uri(store.project_root())
     inputs = [args.model, args.normalized, args.head_history]
     with training.stage_run("finetune", params.runtime, settings, inputs, uri) as run:
         with run.strategy.scope():

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from thaw import artifacts, inputs, stage, tracking
+from thaw import artifacts, inputs, stage, store
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     inputs.check_fingerprint(artifacts.read_json(args.input), base_params.path, args.input)
     settings = {"base": dataclasses.asdict(base_params), "runtime": dataclasses.asdict(params.runtime),
                 "image_size": image_size, "seed": params.seed}  # fmt: skip
-    uri = tracking.tracking_uri(tracking.project_root())
+    uri = store.tracking_uri(store.project_root())
     with training.stage_run("pretrain-base", params.runtime, settings, [], uri) as run, run.strategy.scope():
         base, history = transfer.prepare_base(base_params, image_size, params.seed, run.checkpoint,
                                               params.unfreeze.layers, run.steps_per_execution)  # fmt: skip

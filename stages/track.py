@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from thaw import artifacts, stage, tracking
+from thaw import artifacts, stage, store, tracking
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
         raw_meta=Path(args.raw_meta),
     )  # fmt: skip
-    root = tracking.project_root()
-    uri = tracking.tracking_uri(root)
-    result = tracking.log_run(uri, record, variant, tracking.artifact_root(root), sweep=params.tracking.sweep)
+    root = store.project_root()
+    uri = store.tracking_uri(root)
+    result = tracking.log_run(uri, record, variant, store.artifact_root(root), sweep=params.tracking.sweep)
     log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], uri, experiment,
              result["model_uri"])  # fmt: skip
     if params.tracking.register and result["model_uri"]:

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, shards, stage, tracking
+from thaw import artifacts, dataflow, shards, stage, store
 from thaw.datasources import TEST
 from thaw.freezing import freeze, layer_table
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     features, labels, split = data.array, data.labels, data.split
     settings = {"train_head": dataclasses.asdict(head_params), "runtime": dataclasses.asdict(params.runtime),
                 "seed": params.seed}  # fmt: skip
-    uri = tracking.tracking_uri(tracking.project_root())
+    uri = store.tracking_uri(store.project_root())
     with training.stage_run("train-head", params.runtime, settings, [args.features], uri) as run:
         with run.strategy.scope():
             head, history = transfer.train_head(features, labels, split, len(data.class_names), head_params,

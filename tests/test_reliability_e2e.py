@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tiny_project import TINY_CONF, make_tiny_project, project_env, run
 
-from thaw import tracking
+from thaw import store
 
 pytestmark = pytest.mark.slow
 # Enough epochs (and small batches) that each training stage is still running after its second epoch.
@@ -102,7 +102,7 @@ def test_a_sigkilled_training_stage_resumes_to_the_uninterrupted_result(uninterr
     assert epochs_logged == list(range(9, 15))  # continuous after train-head's 8, no epoch twice
 
     # One MLflow run for the variant, not one per attempt.
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    client = MlflowClient(tracking_uri=store.tracking_uri(root))
     runs = client.search_runs([client.get_experiment_by_name("thaw").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 

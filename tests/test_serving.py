@@ -71,7 +71,7 @@ def test_a_logged_model_is_loadable_by_uri_and_registered_under_an_alias(saved: 
     second = serving.register(client, "thaw", model_uri, run_id, None, {})
     assert (first, second) == ("1", "2")
     champion = client.get_model_version_by_alias("thaw", "champion")
-    assert (champion.version, champion.run_id, champion.tags["thaw.sweep"]) == ("1", run_id, "s1")
+    assert (str(champion.version), champion.run_id, champion.tags["thaw.sweep"]) == ("1", run_id, "s1")
     by_alias = mlflow.pyfunc.load_model("models:/thaw@champion").predict(images(2))
     assert by_alias.shape == (2, len(CLASSES))
 

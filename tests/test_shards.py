@@ -88,8 +88,11 @@ def test_rows_of_another_shape_or_dtype_are_refused(tmp_path: Path):
 
 
 def test_chunks_hold_whole_batches_and_about_a_shard():
+    assert shards.prediction_batch((32, 32, 3)) == 256  # the default's pixels
+    assert shards.prediction_batch((160, 160, 3)) == 13  # 4 MiB of input: MobileNetV2's activations stay small
+    assert shards.prediction_batch((4000, 4000, 3)) == 1
     assert shards.chunk_rows((32, 32, 3), np.float32) % 256 == 0
-    assert shards.chunk_rows((160, 160, 3), np.float32) == 256  # 80 MB: one batch is the floor
+    assert shards.chunk_rows((160, 160, 3), np.float32) % 13 == 0
     assert shards.rows_per_shard((8, 8, 64), np.float32) == shards.SHARD_BYTES // (8 * 8 * 64 * 4)
 
 

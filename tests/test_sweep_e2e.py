@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from tiny_project import make_tiny_project, run, stages_run
 
-from thaw import tracking
+from thaw import store, tracking
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("ingest", "normalize", "pretrain-base", "extract-frozen", "train-head")
@@ -32,7 +32,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 
 def client_for(root: Path) -> tuple[MlflowClient, str]:
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    client = MlflowClient(tracking_uri=store.tracking_uri(root))
     return client, client.get_experiment_by_name("thaw").experiment_id
 
 
@@ -157,7 +157,7 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
     root, env = project
     port = free_port()
     server = subprocess.Popen(
-        ["mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(root), "--host", "127.0.0.1",
+        ["mlflow", "ui", "--backend-store-uri", store.tracking_uri(root), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -13,43 +13,7 @@ import pytest
 import yaml
 
 from thaw import artifacts, tracking
-from thaw.errors import ConfigError
 from thaw.tracking import PHASE_CODES, VARIANT_TAG, RunRecord
-
-# tracking_uri / project_root ------------------------------------------------------------------------------------
-
-
-def test_tracking_uri_env_var_wins(tmp_path: Path):
-    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
-    assert tracking.tracking_uri(tmp_path, env) == "http://mlflow.example:5000"
-
-
-def test_tracking_uri_defaults_to_an_absolute_sqlite_path_under_the_root(tmp_path: Path):
-    uri = tracking.tracking_uri(tmp_path, {})
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert uri.startswith("sqlite:////")  # three slashes of the scheme + the absolute path's own
-    assert tracking.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": ""}) == uri  # an empty variable is unset
-
-
-def test_tracking_uri_anchors_a_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / "ws").mkdir()
-    monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri(Path("ws"), {}) == f"sqlite:///{(tmp_path / 'ws').resolve()}/mlflow.db"
-
-
-def test_project_root_honours_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    workspace = tmp_path / "main"
-    workspace.mkdir()
-    elsewhere = tmp_path / "queued-copy"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert tracking.project_root({"DVC_ROOT": str(workspace)}) == workspace.resolve()
-    assert tracking.project_root({"DVC_ROOT": "../main"}) == workspace.resolve()
-    assert tracking.project_root({}) == elsewhere.resolve()
-    assert tracking.project_root({"DVC_ROOT": ""}) == elsewhere.resolve()
-    monkeypatch.setenv("DVC_ROOT", str(workspace))
-    assert tracking.project_root() == workspace.resolve()  # the process environment by default
-
 
 # lock_hashes ----------------------------------------------------------------------------------------------------
 
@@ -291,17 +255,6 @@ def test_a_failed_log_run_is_marked_failed_and_not_reused(store: dict[str, Any],
 # failing fast, retrying -----------------------------------------------------------------------------------------
 
 
-def test_an_unreachable_tracking_server_fails_with_the_fix():
-    with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:9 is unreachable.*unset it"):
-        tracking.check_store("http://127.0.0.1:9", timeout=2)
-
-
-def test_a_sqlite_store_needs_a_writable_folder(tmp_path: Path):
-    tracking.check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(ConfigError, match="missing or not writable"):
-        tracking.check_store(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
-
-
 def test_transient_tracking_errors_are_retried_and_the_last_one_raised():
     from mlflow.exceptions import MlflowException
 
@@ -326,11 +279,6 @@ def test_transient_tracking_errors_are_retried_and_the_last_one_raised():
     assert len(calls) == 2
     with pytest.raises(KeyError):  # not a tracking error: not retried
         tracking.with_retries(lambda: {}["x"], attempts=3, delay=0.01)
-
-
-def test_the_artifact_root_is_mlartifacts_only_for_the_embedded_store(tmp_path: Path):
-    assert tracking.artifact_root(tmp_path, {}) == tmp_path / "mlartifacts"
-    assert tracking.artifact_root(tmp_path, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) is None
 
 
 # the run gathered from the stages' outputs ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 from thaw import keras_archive
 from thaw.artifacts import atomic_path
 from thaw.freezing import BASE_NAME  # the base's layer name; defined in freezing, which runs without Keras
+from thaw.shards import prediction_batch
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def recalibrate_batchnorm(base: keras.Model, images: np.ndarray, batch_size: int
             layer.moving_variance.assign(x.var(axis=axes).astype(np.float32))
 
 
-def extract_features(base: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run the frozen base in inference mode over all images."""
+def extract_features(base: keras.Model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Run the frozen base in inference mode over all images (batches bounded in bytes: `prediction_batch`)."""
+    batch_size = batch_size or prediction_batch(images.shape[1:], np.float32)
     return np.asarray(base.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)

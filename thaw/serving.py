@@ -10,7 +10,9 @@ normalization (`thaw.datasources.normalize`) and returns one probability column 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,18 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.class_names = json.loads(Path(context.artifacts["class_names"]).read_text(encoding="utf-8"))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints here: MLflow would read them as a schema, which the signature already is.
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         from thaw.datasources import normalize
+        from thaw.shards import prediction_batch
 
+        if isinstance(model_input, dict):  # a named tensor input arrives as {"images": array}
+            (model_input,) = model_input.values()
         images = np.asarray(model_input)
         pixels = normalize(images) if images.dtype == np.uint8 else images.astype(np.float32)
-        probabilities = self.model.predict(pixels, batch_size=256, verbose=0)
+        probabilities = self.model.predict(pixels, batch_size=prediction_batch(pixels.shape[1:]), verbose=0)
         return pd.DataFrame(probabilities, columns=self.class_names)
 
 
@@ -57,7 +63,13 @@ def save(keras_model: Path, class_names: list[str], image_shape: list[int], out:
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")]),
         outputs=Schema([ColSpec("float", name) for name in class_names]),
     )
-    with tempfile.TemporaryDirectory(prefix="thaw-model-") as tmp:
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    with tempfile.TemporaryDirectory(prefix="thaw-model-") as tmp, warnings.catch_warnings():
+        # MLflow's advice on type hints, pickling and example validation is for hand-written models; this one's
+        # signature is explicit and its class is thaw's own code, shipped with the model (code_paths).
+        warnings.simplefilter("ignore", UserWarning)
+        quiet.setLevel(logging.ERROR)
         names = Path(tmp) / "class_names.json"
         names.write_text(json.dumps(class_names), encoding="utf-8")
         mlflow.pyfunc.save_model(
@@ -69,6 +81,7 @@ def save(keras_model: Path, class_names: list[str], image_shape: list[int], out:
             pip_requirements=requirements(),
             code_paths=[str(THAW_PACKAGE)],  # the wrapper's own code travels with the model
         )
+    quiet.setLevel(level)
     return out
 
 

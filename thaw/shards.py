@@ -90,9 +90,21 @@ class ShardedArray:
             yield self[start : min(start + step, self.rows)]
 
 
-def chunk_rows(row_shape: Sequence[int], dtype: np.dtype | str, multiple: int = 256) -> int:
-    """Rows per chunk when streaming: about SHARD_BYTES, a multiple of `multiple` (the prediction batch size,
-    so chunked prediction batches exactly as one call over every row would)."""
+# A prediction batch holds at most this many bytes of input: 256 rows of 32x32x3 float32 pixels (the
+# default's batch), 13 at 160x160, whose activations in a network like MobileNetV2 would otherwise take GBs.
+PREDICT_BATCH_BYTES = 4 << 20
+
+
+def prediction_batch(row_shape: Sequence[int], dtype: np.dtype | str = np.float32, most: int = 256) -> int:
+    """Rows per prediction batch: `most`, or fewer for rows so large that a batch would pass PREDICT_BATCH_BYTES."""
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return max(1, min(most, PREDICT_BATCH_BYTES // max(1, row_bytes)))
+
+
+def chunk_rows(row_shape: Sequence[int], dtype: np.dtype | str, multiple: int | None = None) -> int:
+    """Rows per chunk when streaming: about SHARD_BYTES, a multiple of `multiple` (default: the prediction
+    batch of such rows, so chunked prediction batches exactly as one call over every row would)."""
+    multiple = multiple or prediction_batch(row_shape, dtype)
     return max(1, rows_per_shard(row_shape, dtype) // multiple) * multiple
 
 

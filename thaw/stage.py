@@ -34,10 +34,10 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> tuple[arg
 
 
 # TensorFlow's C++ start-up notices (oneDNN, absl, a harmless tf.data attribute mismatch logged as an error
-# by this TensorFlow build) would bury the per-epoch lines. Level 3 keeps them out; Python errors, and the
+# by this TensorFlow build) would bury the per-epoch lines, and MLflow's download bars the tracking line. Level 3 keeps them out; Python errors, and the
 # stage's own log, still show. It must be set before TensorFlow is imported, hence here, and the stages
 # import TensorFlow only inside `main`, after `parse` has checked the config. A value set outside wins.
-QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
@@ -51,7 +51,12 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     except USER_ERRORS as exc:
         log.error("%s", exc)
         sys.exit(2)
-    record_timing(main.__module__, start, time.time())
+    module = main.__module__
+    if module == "__main__":  # run as `python -m stages.<name>`: its real name is in its spec
+        module = (
+            getattr(sys.modules["__main__"].__spec__, "name", module) if sys.modules["__main__"].__spec__ else module
+        )
+    record_timing(module, start, time.time())
 
 
 # When each stage ran, for `track` to give the MLflow run its real start, end and per-stage seconds. Not a

@@ -304,7 +304,7 @@ class SweepCallback(Callback):
 
         from mlflow.tracking import MlflowClient
 
-        from thaw.tracking import artifact_root, project_root, tracking_uri
+        from thaw.store import artifact_root, project_root, tracking_uri
 
         root = project_root()
         if config.sweep.warm_up:
@@ -322,7 +322,7 @@ class SweepCallback(Callback):
         log.info("sweep %s: parent run %s in %s", config.sweep.id, parent, uri)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from thaw.tracking import project_root, tracking_uri
+        from thaw.store import project_root, tracking_uri
 
         rows = summarize_sweep(tracking_uri(project_root()), config.tracking.experiment, config.sweep.id,
                                config.sweep.objective, config.tracking.registered_model)  # fmt: skip

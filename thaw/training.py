@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
-from thaw.shards import chunk_rows
-from thaw.tracking import check_store
+from thaw.shards import chunk_rows, prediction_batch
+from thaw.store import check_store
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,9 @@ def fit(
     return history
 
 
-def evaluate(model: keras.Model, x: Any, y: np.ndarray, batch_size: int = 256) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    model: keras.Model, x: Any, y: np.ndarray, batch_size: int | None = None
+) -> tuple[dict[str, float], np.ndarray]:
     """Loss and accuracy on (x, y), and the predicted class of every row (one pass over the data, a bounded
     chunk of rows at a time when x is sharded)."""
     probabilities = predict(model, x, batch_size)
@@ -240,9 +242,11 @@ def evaluate(model: keras.Model, x: Any, y: np.ndarray, batch_size: int = 256) -
     return metrics, predicted
 
 
-def predict(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
+def predict(model: keras.Model, x: Any, batch_size: int | None = None) -> np.ndarray:
     """The model's outputs for every row of x: an ndarray in one call, anything else (sharded) in chunks of
-    whole batches, so the batches, and the numbers, are the same either way."""
+    whole batches, so the batches, and the numbers, are the same either way. Batches are bounded in bytes
+    (`prediction_batch`): large images go through in fewer rows at a time."""
+    batch_size = batch_size or prediction_batch(x.shape[1:], x.dtype)
     if isinstance(x, np.ndarray):
         return model.predict(x, batch_size=batch_size, verbose=0)
     step = chunk_rows(x.shape[1:], x.dtype, batch_size)

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from thaw import config, sweeps, tracking
+from thaw import config, store, sweeps
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    uri = args.tracking_uri or tracking.tracking_uri(tracking.project_root())
+    uri = args.tracking_uri or store.tracking_uri(store.project_root())
     if args.summarize:
         name = args.registered_model or registered_model_name(Path("params.yaml"))
         rows = sweeps.summarize_sweep(uri, args.experiment, args.sweep, args.metric, name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thaw import artifacts, datasources, tracking
+from thaw import artifacts, datasources, store
 from thaw.errors import USER_ERRORS, DataError
 
 log = logging.getLogger("thaw.predict")
@@ -39,17 +39,18 @@ class Model:
 
     def _from_keras(self, path: Path) -> None:
         from thaw import model
+        from thaw.model import extract_features as extract
 
         network = model.load_keras_model(path, compile=False)
         self.image_size = int(network.input_shape[1])
         self.class_names = [str(i) for i in range(int(network.output_shape[-1]))]
-        self.probabilities = lambda images: network.predict(datasources.normalize(images), batch_size=CHUNK, verbose=0)
+        self.probabilities = lambda images: extract(network, datasources.normalize(images))
 
     def _from_mlflow(self, uri: str) -> None:
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
-        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(tracking.project_root()))
+        os.environ.setdefault("MLFLOW_TRACKING_URI", store.tracking_uri(store.project_root()))
         try:
             loaded = mlflow.pyfunc.load_model(uri)
         except (MlflowException, OSError) as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from thaw import config, tracking
+from thaw import config, store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_point(
     the warm-up's run-cache from the DVC remote, so the upstream stages are restored rather than retrained,
     and afterwards pushes its experiment (git ref to `share_to`, outputs to the DVC remote) for the team.
     """
-    uri = tracking.tracking_uri(repo)
+    uri = store.tracking_uri(repo)
     if share_to and not uri.startswith(("http://", "https://")):
         raise RuntimeError(
             f"sweep.share=true needs a tracking server that every machine reaches, but MLFLOW_TRACKING_URI is "

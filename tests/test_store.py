@@ -1,0 +1,65 @@
+"""thaw.store: where runs go (a tracking server, or the SQLite store at the project root, even from DVC's
+temporary workspaces), where new experiments keep their artifacts, and the check that fails a training stage
+in seconds when the store cannot be reached or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thaw import store
+from thaw.errors import ConfigError
+
+# tracking_uri / project_root ------------------------------------------------------------------------------------
+
+
+def test_tracking_uri_env_var_wins(tmp_path: Path):
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    assert store.tracking_uri(tmp_path, env) == "http://mlflow.example:5000"
+
+
+def test_tracking_uri_defaults_to_an_absolute_sqlite_path_under_the_root(tmp_path: Path):
+    uri = store.tracking_uri(tmp_path, {})
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert uri.startswith("sqlite:////")  # three slashes of the scheme + the absolute path's own
+    assert store.tracking_uri(tmp_path, {"MLFLOW_TRACKING_URI": ""}) == uri  # an empty variable is unset
+
+
+def test_tracking_uri_anchors_a_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "ws").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert store.tracking_uri(Path("ws"), {}) == f"sqlite:///{(tmp_path / 'ws').resolve()}/mlflow.db"
+
+
+def test_project_root_honours_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    workspace = tmp_path / "main"
+    workspace.mkdir()
+    elsewhere = tmp_path / "queued-copy"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert store.project_root({"DVC_ROOT": str(workspace)}) == workspace.resolve()
+    assert store.project_root({"DVC_ROOT": "../main"}) == workspace.resolve()
+    assert store.project_root({}) == elsewhere.resolve()
+    assert store.project_root({"DVC_ROOT": ""}) == elsewhere.resolve()
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    assert store.project_root() == workspace.resolve()  # the process environment by default
+
+
+# the store check --------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_tracking_server_fails_with_the_fix():
+    with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:9 is unreachable.*unset it"):
+        store.check_store("http://127.0.0.1:9", timeout=2)
+
+
+def test_a_sqlite_store_needs_a_writable_folder(tmp_path: Path):
+    store.check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ConfigError, match="missing or not writable"):
+        store.check_store(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
+
+
+def test_the_artifact_root_is_mlartifacts_only_for_the_embedded_store(tmp_path: Path):
+    assert store.artifact_root(tmp_path, {}) == tmp_path / "mlartifacts"
+    assert store.artifact_root(tmp_path, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) is None
