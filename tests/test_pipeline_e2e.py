@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -68,11 +69,33 @@ def test_mlflow_run_holds_params_curves_tags_and_artifacts(workspace, first_repr
         assert key in run.data.metrics
     assert any(tag.startswith("dvc.lock.train-head:") for tag in run.data.tags)
     assert run.data.tags["git.commit"]
+    assert run.info.end_time - run.info.start_time > 1_000  # the stages' span, not the logging call's
+    assert {"stage_seconds.train-head", "stage_seconds.finetune"} <= set(run.data.metrics)
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.name, json.loads(used.dataset.profile)["num_rows"]) == ("digits", 60)
     listed = {a.path for folder in ("model", "report") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"model/finetuned.keras", "report/trace.md", "report/curves.png", "report/confusion.png"} <= listed
     experiment = client.get_experiment(record["experiment_id"])
     assert experiment.name == "thaw"
     assert experiment.artifact_location.startswith((root / "mlartifacts").resolve().as_uri())
+
+
+def test_the_runs_mlflow_model_predicts_the_stages_classes(workspace, first_repro, monkeypatch):
+    import mlflow.pyfunc
+    import numpy as np
+
+    from thaw import shards
+
+    root, _ = workspace
+    record = json.loads((root / "reports/mlflow_run.json").read_text())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", record["tracking_uri"])
+    loaded = mlflow.pyfunc.load_model(record["model_uri"])
+    raw = shards.open_dataset(root / "data/raw")
+    test = np.flatnonzero(raw.split == 2)
+    predicted = loaded.predict(raw.array[test]).idxmax(axis="columns").tolist()  # uint8 in, as a user has them
+    with open(root / "plots/confusion.csv", encoding="utf-8") as fh:
+        stage = [row["predicted"] for row in csv.DictReader(fh)]
+    assert predicted == stage
 
 
 def test_second_repro_does_nothing(workspace, first_repro):

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -85,6 +86,22 @@ def test_hydra_grid_points_are_nested_mlflow_runs_with_a_summary(project, grid_s
         "summary/leaderboard.md",
     }
     assert "rank" in grid_sweep  # the leaderboard is printed when the sweep ends
+
+
+def test_the_sweeps_best_model_is_the_registered_champion(project, grid_sweep, monkeypatch):
+    import mlflow.pyfunc
+
+    root, _ = project
+    client, experiment_id = client_for(root)
+    parent = client.get_run(tracking.find_sweep_parent(client, experiment_id, "grid"))
+    champion = client.get_model_version_by_alias("thaw", "champion")
+    assert champion.run_id == parent.data.tags["thaw.best_run_id"]
+    assert champion.tags["thaw.sweep"] == "grid" and champion.tags["git.commit"]
+    assert champion.tags["dvc.experiment"].startswith("grid-")
+    assert parent.data.tags["thaw.champion"].startswith("models:/thaw@champion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri(root))
+    loaded = mlflow.pyfunc.load_model("models:/thaw@champion")
+    assert loaded.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 10)
 
 
 def test_optuna_search_returns_objectives_to_the_sweeper(project, grid_sweep):
@@ -207,6 +224,9 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
         best_name = info.run_name
         assert info.end_time - info.start_time > 1_000  # Duration: when its stages ran, not the logging call
         assert best_name in point_page and "unfreeze.layers" in point_page and "val_accuracy" in point_page
+        (used,) = client.get_run(best).inputs.dataset_inputs  # the runs table's Dataset column
+        assert used.dataset.name == "digits"
+        assert "digits" in rendered(page), "the Dataset column is empty"
         screenshot = tmp_path / "mlflow-ui.png"
         subprocess.run([*chrome, f"--screenshot={screenshot}", page], capture_output=True, timeout=120, check=True)
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
