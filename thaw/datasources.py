@@ -169,7 +169,7 @@ def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
     return materialize(open_folder(path, image_size, resize))
 
 
-def _npz_member(file: Path, name: str) -> np.ndarray | None:
+def _npz_member(file: Path, name: str) -> Callable[[], np.ndarray] | None:
     """Memory-map `name.npy` inside an uncompressed `.npz` (np.savez), or None when it is compressed."""
     import zipfile
 
@@ -195,7 +195,8 @@ def _npz_member(file: Path, name: str) -> np.ndarray | None:
             offset = fh.tell()
     if dtype.hasobject or fortran:
         return None
-    return np.memmap(file, dtype=dtype, mode="r", shape=shape, offset=offset)
+    # A fresh map per read: the pages a map has touched count as the process's memory until it is unmapped.
+    return lambda: np.memmap(file, dtype=dtype, mode="r", shape=shape, offset=offset)
 
 
 def open_npz(path: str) -> ImageSource:
@@ -214,9 +215,8 @@ def open_npz(path: str) -> ImageSource:
                 raise DataError(f"{file}: missing array(s) {sorted(missing)}; it has {sorted(npz.files)}")
             y = npz["y"]
             names = npz["class_names"] if "class_names" in npz.files else None
-            x = _npz_member(file, "x")
-            if x is None:
-                x = npz["x"]
+            mapped = _npz_member(file, "x")
+            x = mapped() if mapped else npz["x"]
     except DataError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -233,7 +233,9 @@ def open_npz(path: str) -> ImageSource:
     class_names = tuple(str(n) for n in names) if names is not None else tuple(str(i) for i in range(num_classes))
 
     def read(rows: np.ndarray) -> np.ndarray:
-        chunk = np.asarray(x[np.sort(rows)])[np.argsort(np.argsort(rows))]  # in file order, then as asked
+        source = mapped() if mapped else x
+        chunk = np.asarray(source[np.sort(rows)])[np.argsort(np.argsort(rows))]  # in file order, then as asked
+        del source
         if chunk.ndim == 3:
             chunk = np.repeat(chunk[..., None], 3, axis=-1)
         if np.issubdtype(chunk.dtype, np.floating) and np.isnan(chunk).any():

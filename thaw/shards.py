@@ -40,8 +40,14 @@ def rows_per_shard(row_shape: Sequence[int], dtype: np.dtype | str) -> int:
 
 @dataclass
 class ShardedArray:
-    """A read-only N x ... array stored as shards: indexing with an int, a slice or an index array gathers
-    just those rows (memory-mapped), so `x[batch_indices]` costs a batch, not the dataset."""
+    """A read-only N x ... array stored as shards: indexing with an int, a slice or an index array reads
+    just those rows, so `x[batch_indices]` costs a batch, not the dataset.
+
+    Rows are read with `os.pread` at their offset in the shard file, not through a memory map: pages of a
+    map stay in the process's resident memory once touched, so reading a dataset through maps would grow a
+    stage's memory with the dataset; read this way it is bounded by the rows asked for (the OS page cache
+    still serves repeated reads).
+    """
 
     folder: Path
     name: str
@@ -49,7 +55,7 @@ class ShardedArray:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     per_shard: int
-    _open: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _offsets: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -59,28 +65,62 @@ class ShardedArray:
     def ndim(self) -> int:
         return 1 + len(self.row_shape)
 
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
     def __len__(self) -> int:
         return self.rows
 
-    def shard(self, i: int) -> np.ndarray:
-        if i not in self._open:
-            self._open[i] = np.load(self.folder / f"{self.name}-{i:05d}.npy", mmap_mode="r", allow_pickle=False)
-        return self._open[i]
+    def shard_path(self, i: int) -> Path:
+        return self.folder / f"{self.name}-{i:05d}.npy"
+
+    def _data_offset(self, i: int) -> int:
+        """Where shard i's rows start: after its .npy header (read once)."""
+        if i not in self._offsets:
+            with open(self.shard_path(i), "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0
+                )
+                read_header(fh)
+                self._offsets[i] = fh.tell()
+        return self._offsets[i]
+
+    def _read(self, shard: int, first: int, count: int, out: np.ndarray) -> None:
+        """Rows first .. first + count - 1 of a shard into `out` (contiguous, count rows)."""
+        size = count * self.row_bytes
+        with open(self.shard_path(shard), "rb", buffering=0) as fh:
+            got = os.preadv(fh.fileno(), [memoryview(out).cast("B")], self._data_offset(shard) + first * self.row_bytes)
+        if got != size:
+            raise OSError(f"{self.shard_path(shard)}: truncated ({got} of {size} bytes at row {first})")
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, int | np.integer):
             i = int(index) + (self.rows if index < 0 else 0)
             if not 0 <= i < self.rows:
                 raise IndexError(f"row {index} of {self.rows}")
-            return np.array(self.shard(i // self.per_shard)[i % self.per_shard])
+            return self[np.array([i])][0]
         indices = np.arange(self.rows)[index] if isinstance(index, slice) else np.asarray(index)
         if indices.dtype == bool:
             indices = np.flatnonzero(indices)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.rows):
+            raise IndexError(f"rows out of range 0..{self.rows - 1}")
         out = np.empty((len(indices), *self.row_shape), dtype=self.dtype)
-        shard_of = indices // self.per_shard
-        for s in np.unique(shard_of):  # one pass per shard touched, rows in the order asked
-            where = np.flatnonzero(shard_of == s)
-            out[where] = self.shard(int(s))[indices[where] % self.per_shard]
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        # Runs of consecutive rows within one shard are read in one call (a slice is one run per shard).
+        start = 0
+        while start < len(ordered):
+            shard, first = divmod(int(ordered[start]), self.per_shard)
+            end = start + 1
+            while (end < len(ordered) and ordered[end] == ordered[end - 1] + 1
+                   and ordered[end] // self.per_shard == shard):  # fmt: skip
+                end += 1
+            block = np.empty((end - start, *self.row_shape), dtype=self.dtype)
+            self._read(shard, first, end - start, block)
+            out[order[start:end]] = block
+            start = end
         return out
 
     def chunks(self, rows: int | None = None) -> Iterator[np.ndarray]:
