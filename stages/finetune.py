@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "seed": params.seed}  # fmt: skip
     uri = store.tracking_uri(store.project_root())
     inputs = [args.model, args.normalized, args.head_history]
-    with training.stage_run("finetune", params.runtime, settings, inputs, uri) as run:
+    with training.stage_run("finetune", params.runtime, settings, inputs, uri, params.tracking.experiment) as run:
         with run.strategy.scope():
             classifier = model.load_keras_model(args.model, compile=False)
             history = transfer.finetune(classifier, pixels, labels, split, finetune, first_epoch, params.seed,

@@ -26,7 +26,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = {"base": dataclasses.asdict(base_params), "runtime": dataclasses.asdict(params.runtime),
                 "image_size": image_size, "seed": params.seed}  # fmt: skip
     uri = store.tracking_uri(store.project_root())
-    with training.stage_run("pretrain-base", params.runtime, settings, [], uri) as run, run.strategy.scope():
+    with (
+        training.stage_run("pretrain-base", params.runtime, settings, [], uri, params.tracking.experiment) as run,
+        run.strategy.scope(),
+    ):
         base, history = transfer.prepare_base(base_params, image_size, params.seed, run.checkpoint,
                                               params.unfreeze.layers, run.steps_per_execution)  # fmt: skip
         metrics: dict[str, Any] = {"kind": base_params.kind, "params": int(base.count_params())}

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = store.project_root()
     uri = store.tracking_uri(root)
     result = tracking.log_run(uri, record, variant, store.artifact_root(root), sweep=params.tracking.sweep)
-    log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], uri, experiment,
+    log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], store.redact(uri), experiment,
              result["model_uri"])  # fmt: skip
     if params.tracking.register and result["model_uri"]:
         from mlflow.tracking import MlflowClient
@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         version = serving.register(MlflowClient(tracking_uri=uri), params.tracking.registered_model,
                                    result["model_uri"], result["run_id"], None, lineage)  # fmt: skip
         log.info("registered as %s version %s", params.tracking.registered_model, version)
-    artifacts.write_json(args.out, {**result, "run_name": record.run_name, "experiment": experiment})
+    record_out = {**result, "tracking_uri": store.redact(uri), "run_name": record.run_name, "experiment": experiment}
+    artifacts.write_json(args.out, record_out)
     artifacts.write_json(args.variant, {"experiment": experiment, "variant": variant})
     shutil.rmtree(stage.TIMINGS, ignore_errors=True)  # used: the next run's span starts with its first stage
 

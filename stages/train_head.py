@@ -28,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = {"train_head": dataclasses.asdict(head_params), "runtime": dataclasses.asdict(params.runtime),
                 "seed": params.seed}  # fmt: skip
     uri = store.tracking_uri(store.project_root())
-    with training.stage_run("train-head", params.runtime, settings, [args.features], uri) as run:
+    with training.stage_run(
+        "train-head", params.runtime, settings, [args.features], uri, params.tracking.experiment
+    ) as run:
         with run.strategy.scope():
             head, history = transfer.train_head(features, labels, split, len(data.class_names), head_params,
                                                 params.seed, run.checkpoint, run.steps_per_execution)  # fmt: skip

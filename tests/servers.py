@@ -87,12 +87,16 @@ def postgres() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path, env: dict[str, str]) -> Iterator[str]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path, env: dict[str, str], extra: tuple[str, ...] = ()
+) -> Iterator[str]:
     """`mlflow server` on a free loopback port with `backend_uri` as its store and `artifacts` as the shared
-    artifact root (clients upload and download through the server); yields its URL."""
+    artifact root (clients upload and download through the server), plus `extra` options (with `{port}`
+    filled in); yields its URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           *(arg.format(port=port) for arg in extra)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

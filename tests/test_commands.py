@@ -110,3 +110,16 @@ def test_thaw_compose_imports_neither_tensorflow_nor_mlflow(project_root: Path, 
     done = subprocess.run([sys.executable, "-c", code], cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == (project_root / "params.yaml").read_text(encoding="utf-8")
+
+
+def test_a_cluster_sweep_needs_the_ray_heads_address_given_explicitly() -> None:
+    from thaw.commands.sweep import check_cluster_address
+
+    check_cluster_address(["-m", "unfreeze.layers=0,1"])  # the local launcher: nothing to join
+    check_cluster_address(["-m", "hydra/launcher=cluster", "hydra.launcher.ray.init.address=10.0.0.10:6379"])
+    for args in (
+        ["-m", "hydra/launcher=cluster"],
+        ["-m", "hydra/launcher=cluster", "hydra.launcher.ray.init.address=auto"],
+    ):
+        with pytest.raises(SystemExit, match=r"hydra\.launcher\.ray\.init\.address=HOST:6379"):
+            check_cluster_address(args)

@@ -63,3 +63,12 @@ def test_a_sqlite_store_needs_a_writable_folder(tmp_path: Path):
 def test_the_artifact_root_is_mlartifacts_only_for_the_embedded_store(tmp_path: Path):
     assert store.artifact_root(tmp_path, {}) == tmp_path / "mlartifacts"
     assert store.artifact_root(tmp_path, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) is None
+
+
+def test_a_password_in_the_uri_is_masked_wherever_it_is_shown():
+    assert store.redact("http://pipeline:s3cret@mlflow.internal:5000") == "http://pipeline:***@mlflow.internal:5000"
+    assert store.redact("http://mlflow.internal:5000") == "http://mlflow.internal:5000"
+    assert store.redact("sqlite:////work/mlflow.db") == "sqlite:////work/mlflow.db"
+    with pytest.raises(ConfigError) as info:
+        store.check_store("http://pipeline:s3cret@127.0.0.1:9", timeout=2)
+    assert "s3cret" not in str(info.value) and "pipeline:***@127.0.0.1:9" in str(info.value)

@@ -6,7 +6,11 @@ every run lands in the same store. The training stages check the store here befo
 
 from __future__ import annotations
 
+import base64
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,28 +34,80 @@ def artifact_root(root: Path, environ: Mapping[str, str] = os.environ) -> Path |
     return None if environ.get("MLFLOW_TRACKING_URI") else root / "mlartifacts"
 
 
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when the tracking store cannot be reached or written.
+def redact(uri: str) -> str:
+    """`uri` without a password written into it (http://user:secret@host -> http://user:***@host), for logs
+    and records."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
-    A server is asked for its /health page (plain HTTP, no MLflow import); a SQLite store needs a writable
-    folder. MLflow's own client retries transient HTTP errors once logging starts.
+
+def check_store(
+    uri: str, timeout: float = 5.0, experiment: str | None = None, environ: Mapping[str, str] = os.environ
+) -> None:
+    """Fail fast, before any training, when the tracking store cannot be reached, refuses the credentials, or
+    refuses this user the experiment.
+
+    A server is asked for its /health page, then (with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD,
+    as MLflow's client sends them) who the user is and the experiment: plain HTTP, no MLflow import. A SQLite
+    store needs a writable folder. MLflow's own client retries transient HTTP errors once logging starts.
     """
-    import urllib.error
-    import urllib.request
-
     if uri.startswith(("http://", "https://")):
+        shown = redact(uri)
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-                if response.status == 200:
-                    return
-                reason = f"HTTP {response.status}"
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
         except (urllib.error.URLError, OSError) as exc:
             reason = str(getattr(exc, "reason", exc))
-        raise ConfigError(
-            f"MLFLOW_TRACKING_URI={uri} is unreachable ({reason}): start the server, fix the URI, "
-            "or unset it to track into mlflow.db at the project root"
-        )
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI={shown} is unreachable ({reason}): start the server, fix the URI, "
+                "or unset it to track into mlflow.db at the project root"
+            ) from None
+        check_credentials(uri, timeout, experiment, environ)
+        return
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise ConfigError(f"tracking store {uri}: folder {folder} is missing or not writable")
+
+
+def check_credentials(uri: str, timeout: float, experiment: str | None, environ: Mapping[str, str]) -> None:
+    """A server with MLflow's basic-auth app answers 401 to a wrong or missing login and 403 to a user without
+    permission; a server without it has no user endpoint (404), which is fine."""
+    user = environ.get("MLFLOW_TRACKING_USERNAME")
+    headers = {}
+    if user:
+        token = base64.b64encode(f"{user}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    base = uri.rstrip("/")
+    probes = [f"{base}/api/2.0/mlflow/users/current"]
+    if experiment:
+        probes.append(f"{base}/api/2.0/mlflow/experiments/get-by-name?" + urllib.parse.urlencode(
+            {"experiment_name": experiment}))  # fmt: skip
+    for url in probes:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401 and user:
+                raise ConfigError(
+                    f"the tracking server {redact(uri)} refused these credentials (HTTP 401 for user {user!r}): "
+                    "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                ) from None
+            if exc.code == 401:
+                raise ConfigError(
+                    f"the tracking server {redact(uri)} requires a login (HTTP 401): set MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD in the environment (never in params or conf/)"
+                ) from None
+            if exc.code == 403:
+                raise ConfigError(
+                    f"the tracking server {redact(uri)} refused user {user!r} the experiment {experiment!r} "
+                    "(HTTP 403): ask its admin for EDIT permission on it, or set tracking.experiment"
+                ) from None
+            if exc.code != 404:
+                raise ConfigError(f"the tracking server {redact(uri)} answered HTTP {exc.code} to {url}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConfigError(f"MLFLOW_TRACKING_URI={redact(uri)} is unreachable ({exc})") from None

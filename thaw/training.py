@@ -179,16 +179,21 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, runtime: RuntimeParams, settings: Mapping[str, Any], inputs: Sequence[str | Path], tracking_uri: str
+    stage: str,
+    runtime: RuntimeParams,
+    settings: Mapping[str, Any],
+    inputs: Sequence[str | Path],
+    tracking_uri: str,
+    experiment: str | None = None,
 ) -> Iterator[StageRun]:
     """The skeleton every training stage shares (pretrain-base, train-head, finetune).
 
-    Before any training: check that the tracking store can be written (a wrong server fails in seconds, not
-    after the training), size the thread pools and pick the strategy (`runtime`), and open the checkpoint
+    Before any training: check that the tracking store can be written and lets this user at `experiment` (a
+    wrong server or login fails in seconds, not after the training), size the thread pools and pick the strategy (`runtime`), and open the checkpoint
     keyed by `settings` and the content of `inputs`. When the block succeeds (its outputs written), the
     checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
     """
-    check_store(tracking_uri)
+    check_store(tracking_uri, experiment=experiment)
     strategy, steps = prepare_runtime(runtime)
     run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
     yield run

@@ -131,7 +131,22 @@ def cli(argv: Sequence[str] | None = None) -> None:
     # (a `${now:}` interpolation would be resolved again in each launcher process).
     if not any(arg.startswith("sweep.id=") for arg in sys.argv[1:]):
         sys.argv.append(f"sweep.id={time.strftime('%Y%m%d-%H%M%S')}")
+    check_cluster_address(sys.argv[1:])
     main()
+
+
+def check_cluster_address(args: Sequence[str]) -> None:
+    """A sweep joins a Ray cluster only at an address given on purpose: `ray.init(address="auto")` would join
+    whatever cluster this machine happens to belong to, and send it the project's code and credentials."""
+    if "hydra/launcher=cluster" not in args:
+        return
+    if any(arg.startswith("hydra.launcher.ray.init.address=") and arg.split("=", 1)[1] not in ("", "auto", "null")
+           for arg in args):  # fmt: skip
+        return
+    raise SystemExit(
+        "thaw sweep: hydra/launcher=cluster needs the Ray head's address, given explicitly: add "
+        "hydra.launcher.ray.init.address=HOST:6379 (a head on your private network; see docs/scaling.md)"
+    )
 
 
 if __name__ == "__main__":
