@@ -179,7 +179,7 @@ def run_seed(params: config.Params, seed: int, regimes: list[int | None], smoke:
     results: dict[tuple[str, str], Result] = {}
     for per_class in regimes:
         regime = "all" if per_class is None else str(per_class)
-        split = limit_training_labels(labels, raw["split"], per_class, seed)
+        split = limit_training_labels(labels, raw.split, per_class, seed)
         data = {"x": {s: pixels[split == s] for s in (TRAIN, VAL, TEST)},
                 "y": {s: labels[split == s] for s in (TRAIN, VAL, TEST)}}  # fmt: skip
         for kind in ("pretrained", "shuffled-source", "random+BN"):
