@@ -122,7 +122,7 @@ def test_dvc_plots_are_exactly_the_intended_ones_with_their_axes(workspace, firs
         drawn = {row["filename::field"] for row in spec["data"]["values"]}
         assert drawn == {f"{f}.csv::{m}" for f in ("train_head", "finetune") for m in (metric, f"val_{metric}")}
     (confusion,) = plots["test confusion matrix"]
-    encoding = confusion["content"]["encoding"]
+    encoding = confusion["content"]["spec"]["encoding"]  # faceted by revision: the encoding is the inner spec's
     assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted")
     assert all(p["type"] == "image" for name in ("reports/curves.png", "reports/confusion.png") for p in plots[name])
 

@@ -19,7 +19,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-MODEL_NAME = "model"  # the logged model's name in the run
+MODEL_NAME = "classifier"  # the logged model's name in the run (not "model": that is the .keras file's artifact folder)
 THAW_PACKAGE = Path(__file__).resolve().parent
 
 

@@ -2,7 +2,7 @@
 and every class's probability).
 
     thaw predict --model models:/thaw@champion --input photos/ --out predictions.csv    # the sweep's champion
-    thaw predict --model runs:/<run id>/model --input x.npz --out predictions.csv       # a run's model
+    thaw predict --model runs:/<run id>/classifier --input x.npz --out predictions.csv  # a run's model
     thaw predict --model models/finetuned.keras --input photos/ --out predictions.csv   # the pipeline's file
 
 The input is an image folder (files in it, or in class sub-folders: the folder's name is then listed, not
@@ -93,7 +93,9 @@ def predictions(model: Model, source: datasources.ImageSource, names: list[str])
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="thaw predict", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/ID, runs:/ID/model, or a .keras")
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/ID, runs:/ID/classifier, or a .keras"
+    )
     parser.add_argument("--input", required=True, type=Path, help="an image folder or an .npz with x")
     parser.add_argument("--out", required=True, type=Path, help="the CSV to write")
     parser.add_argument("--resize", action="store_true", help="resize images to the model's input size")
