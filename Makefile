@@ -31,7 +31,8 @@ lint: setup
 params: setup  ## recompose params.yaml from conf/ (after editing conf/)
 	thaw compose
 
-ui: setup  ## the MLflow UI on the embedded store, loopback only
+ui: setup  ## the MLflow UI on the embedded store, loopback only, opened on the runs table
+	@echo "runs: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments/$$(python -c 'import mlflow; e = mlflow.MlflowClient("sqlite:///$(CURDIR)/mlflow.db").get_experiment_by_name("thaw"); print(e.experiment_id if e else 0)' 2>/dev/null)?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 ablation: setup  ## the fair ablation: every arm, 5 seeds, 4 label budgets (about 70 min on 2 cores)

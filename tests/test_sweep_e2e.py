@@ -215,7 +215,9 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
         # The experiment opens on its runs table (not MLflow 3's GenAI overview), the sweep one parent row
         # (its points nested, collapsed) ...
         assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-        page = f"{base}/#/experiments/{experiment_id}"
+        # MLflow 3.17's UI puts its own workflow switch (GenAI by default) before the tag: `make ui` prints
+        # the experiment's link with the switch set to model training.
+        page = f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
         assert "sweep grid" in rendered(page), f"the sweep's parent run is not rendered on {page}"
         # ... and each point's own page renders it with its params and metrics.
         best = client.get_run(tracking.find_sweep_parent(client, experiment_id, "grid")).data.tags["thaw.best_run_id"]
