@@ -28,15 +28,23 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def path_md5(path: str | Path) -> str:
-    """The md5 of a file, or of a folder's files (their relative paths and md5s, in sorted order)."""
+def path_md5(path: str | Path, skip_hidden: bool = False) -> str:
+    """The md5 of a file, or of a folder's files (their relative paths and md5s, in sorted order; with
+    `skip_hidden`, files under a name starting with "." are left out)."""
     path = Path(path)
     if not path.is_dir():
         return file_md5(path)
     digest = hashlib.md5()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in folder_files(path, skip_hidden):
         digest.update(f"{file.relative_to(path).as_posix()}\0{file_md5(file)}\n".encode())
     return digest.hexdigest()
+
+
+def folder_files(folder: Path, skip_hidden: bool = False) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if skip_hidden:
+        files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    return files
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ and `track` keys the MLflow run on it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,10 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
         return {"kind": "file", "path": str(path), "md5": md5, "files": 1, "bytes": root.stat().st_size}
     if not root.is_dir():
         raise DataError(f"{root}: input not found (fix data.path or base.path)")
-    manifest = hashlib.md5()
-    files = size = 0
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in Path(rel).parts):
-            continue
-        manifest.update(f"{rel}\0{artifacts.file_md5(file)}\n".encode())
-        files += 1
-        size += file.stat().st_size
-    return {"kind": "folder", "path": str(path), "md5": manifest.hexdigest(), "files": files, "bytes": size}
+    files = artifacts.folder_files(root, skip_hidden=True)
+    md5 = artifacts.path_md5(root, skip_hidden=True)
+    size = sum(f.stat().st_size for f in files)
+    return {"kind": "folder", "path": str(path), "md5": md5, "files": len(files), "bytes": size}
 
 
 def check_fingerprint(record: dict[str, Any], path: str | None, where: str | Path) -> None:

@@ -51,11 +51,9 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     except USER_ERRORS as exc:
         log.error("%s", exc)
         sys.exit(2)
-    module = main.__module__
-    if module == "__main__":  # run as `python -m stages.<name>`: its real name is in its spec
-        module = (
-            getattr(sys.modules["__main__"].__spec__, "name", module) if sys.modules["__main__"].__spec__ else module
-        )
+    # Run as `python -m stages.<name>`, main's module is "__main__"; its real name is in its spec.
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    module = spec.name if spec else main.__module__
     record_timing(module, start, time.time())
 
 

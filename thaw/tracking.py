@@ -313,7 +313,9 @@ def record_from_outputs(
     start_ms = int(min(start for start, _ in spans.values()) * 1000) if spans else None
     end_ms = int(max(end for _, end in spans.values()) * 1000) if spans else None
     meta = read_json(raw_meta) if raw_meta else None
-    datasets = [training_dataset(flat, meta, hashes)] if meta else []
+    # The ingested dataset is ingest's one folder output (a `.dir` hash); its deps are files (code, fingerprint).
+    digest = next((h for key, h in hashes.items() if key.startswith("ingest:") and h.endswith(".dir")), "unknown")
+    datasets = [training_dataset(flat, meta, digest)] if meta else []
     model = {"keras": finetuned, "class_names": meta["class_names"], "image_shape": meta["row_shape"]} if meta else None
     record = RunRecord(experiment, run_name, flat, history, final, tags, files, start_ms, end_ms, datasets, model)
     # Keyed on content: every param and the md5 of every file this stage reads (its dvc.yaml deps: the input
@@ -336,14 +338,11 @@ def read_timings(folder: Path) -> dict[str, tuple[float, float]]:
     return spans
 
 
-def training_dataset(
-    flat_params: Mapping[str, Any], meta: Mapping[str, Any], hashes: Mapping[str, str]
-) -> dict[str, str]:
+def training_dataset(flat_params: Mapping[str, Any], meta: Mapping[str, Any], digest: str) -> dict[str, str]:
     """The MLflow dataset input of a run: the ingested data, named after its source, digested by the content
     hash DVC recorded for it (what the run really read), with its rows, classes and image shape."""
     source = str(flat_params.get("data.source"))
     path = flat_params.get("data.path")
-    digest = next((h for key, h in hashes.items() if key.startswith("ingest:")), "unknown")
     profile = {"num_rows": meta["rows"], "num_classes": len(meta["class_names"]), "image_shape": meta["row_shape"]}
     return {
         "name": Path(str(path)).name if path else source,
