@@ -11,8 +11,7 @@ Runs in a fresh copy of the project (a temporary git + DVC repo) and prints Mark
 from __future__ import annotations
 
 import argparse
-import re
-import shlex
+import ast
 import shutil
 import statistics
 import subprocess
@@ -20,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,24 +32,28 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     return float(seconds), int(kib) // 1024
 
 
-def stage_commands(root: Path) -> dict[str, list[str] | None]:
-    """Each stage's command from dvc.yaml, with its `${paths.*}` filled in."""
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
-    paths = pipeline["vars"][0]["paths"]
-    return {
-        name: shlex.split(re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], stage["cmd"]))
-        if "cmd" in stage
-        else None
-        for name, stage in pipeline["stages"].items()
-    }
+def stage_imports(module: str, root: Path) -> list[str]:
+    """The stage module and every module it imports, at its top or inside `main` (the training stages import
+    TensorFlow there, once their config is checked): `from thaw import model` names `thaw.model`."""
+    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+    names = [module]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            names += [f"{node.module}.{alias.name}" if node.module == "thaw" else node.module for alias in node.names]
+    return sorted(set(names))
 
 
 def import_seconds(module: str, root: Path, env: dict[str, str], repeats: int = 3) -> float:
-    """Process start + importing the stage module (what a stage pays before any work), best of `repeats`.
+    """Process start + importing the stage module and what its `main` imports (what a stage pays before any
+    work), best of `repeats`.
 
-    Modules that import a library lazily (track imports MLflow inside its functions) pay that in "work".
+    Library modules that import a library lazily (`thaw.tracking` imports MLflow inside its functions) pay
+    that in "work".
     """
-    return min(timed([sys.executable, "-c", f"import {module}"], root, env)[0] for _ in range(repeats))
+    code = "import " + ", ".join(stage_imports(module, root))
+    return min(timed([sys.executable, "-c", code], root, env)[0] for _ in range(repeats))
 
 
 def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
@@ -113,7 +114,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny params (for CI): checks the script, not the costs")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))  # the project copier is shared with the end-to-end tests
-    from tiny_project import TINY_CONF, make_tiny_project
+    from tiny_project import TINY_CONF, make_tiny_project, stage_commands
 
     root = Path(tempfile.mkdtemp(prefix="thaw-stage-bench-"))
     env = make_tiny_project(root, conf_updates=TINY_CONF if args.smoke else {})
@@ -123,9 +124,7 @@ def main() -> None:
     noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(repeats))
 
     rows = []
-    for name, cmd in stage_commands(root).items():
-        if cmd is None:  # the `input@<name>` stages: the default reads no external file
-            continue
+    for name, cmd in stage_commands(root).items():  # not the `input@<name>` stages: the default reads no file
         module = cmd[cmd.index("-m") + 1]
         startup = import_seconds(module, root, env, repeats)
         wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,3 +74,15 @@ def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> 
     run([*git, "add", "-A"], root, env)
     run([*git, "commit", "-qm", "tiny"], root, env)
     return env
+
+
+def stage_commands(root: Path) -> dict[str, list[str]]:
+    """Each stage's command line from `root`'s dvc.yaml, `${paths.*}` filled in (the `foreach` stages left
+    out): what the benchmarks run outside DVC, as DVC would run them."""
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+    paths = {key: str(value) for entry in pipeline["vars"] for key, value in entry["paths"].items()}
+    return {
+        name: shlex.split(re.sub(r"\$\{paths\.([^}]+)\}", lambda m: paths[m.group(1)], stage["cmd"]))
+        for name, stage in pipeline["stages"].items()
+        if "cmd" in stage
+    }
