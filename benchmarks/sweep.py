@@ -1,39 +1,52 @@
-"""What a sweep costs: a 6-point sweep (unfreeze.layers 0,2,4 x finetune.lr 1e-3,1e-4) on the default data,
-through each way in, against the naive loop that runs the whole pipeline once per point.
+"""What a sweep costs: thaw's sweep against the ways a user would really sweep without it, side by side, at
+the default size, at 10,000 and at 50,000 rows.
 
-Each variant runs in its own fresh copy of the project (a temporary git + DVC repo), so no cache is shared
-between them. Prints wall times, how many times each stage ran, and each way's ratio to the naive loop.
+The ways, each from scratch in its own fresh copy of the project (a temporary git + DVC repo, empty caches):
 
-    python benchmarks/sweep.py [--jobs 2] [--keep]
-    python benchmarks/sweep.py --smoke     # tiny params, 1 point: checks the script in CI, not the costs
+- floor: one Python process, one TensorFlow import, the stages' own functions; the upstream once, then
+  unfreeze + finetune per point; no DVC, no tracking (`benchmarks/peers/floor.py`);
+- dvc exp loop: what a DVC user does without thaw's sweeps: `dvc repro train-head` (the warm-up), then one
+  `dvc exp run -S ...` per point, one after the other (each a DVC experiment and an MLflow run);
+- hydra in-process: a lightning-hydra-template-style Hydra multirun, each job in one process, recomputing the
+  whole pipeline (no cache) and logging to MLflow (`benchmarks/peers/hydra_multirun.py`);
+- thaw sweep: `thaw sweep -m ...` (the warm-up, then each point a cached DVC experiment in a temporary
+  workspace, 2 at a time, nested MLflow runs, the summary and the champion).
+
+Prints each way's wall time, its ratio to the floor, how many times it computed the upstream (train-head and
+what precedes it), and whether its points' val/test accuracies equal the
+floor's (the ways must compute the same thing). The 10,000- and 50,000-row inputs are `np.savez` files of
+random 32x32 images in 10 classes, generated here (their accuracies are chance: what is measured is cost).
+
+    python benchmarks/sweep.py                         # default (6 points), 10000 (6), 50000 (2): about 90 min
+    python benchmarks/sweep.py --sizes default,10000   # some of them
+    python benchmarks/sweep.py --smoke                 # tiny params, 1 point: checks the script in CI
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
-GRID = {"full": ((0, 2, 4), ("1e-3", "1e-4")), "smoke": ((1,), ("1e-3",))}  # unfreeze.layers x finetune.lr
-Grid = tuple[tuple[int, ...], tuple[str, ...]]
-STAGES = (
-    "ingest",
-    "normalize",
-    "pretrain-base",
-    "extract-frozen",
-    "train-head",
-    "unfreeze",
-    "finetune",
-    "report",
-    "track",
-)
+PEERS = REPO / "benchmarks" / "peers"
+sys.path.insert(0, str(REPO / "tests"))  # the project copier is shared with the end-to-end tests
+from tiny_project import TINY_CONF, make_tiny_project  # noqa: E402
+
+Grid = tuple[tuple[str, ...], tuple[str, ...]]  # unfreeze.layers x finetune.lr
+GRIDS: dict[str, Grid] = {"6": (("0", "2", "4"), ("1e-3", "1e-4")), "2": (("2",), ("1e-3", "1e-4")),
+                          "1": (("1",), ("1e-3",))}  # fmt: skip
+SIZES = {"default": "6", "10000": "6", "50000": "2"}  # rows (or the embedded default) -> grid
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -43,80 +56,120 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def count(outputs: list[str]) -> collections.Counter:
+def stage_runs(outputs: list[str]) -> collections.Counter:
     return collections.Counter(s for out in outputs for s in re.findall(r"Running stage '([^']+)'", out))
 
 
-def naive_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[float, collections.Counter]:
-    """What a user writes without a sweep engine: recompose the params, rerun the whole pipeline."""
-    outputs, start = [], time.perf_counter()
+def point(layers: object, lr: object, val: object, test: object) -> tuple:
+    return int(layers), float(lr), round(float(val), 4), round(float(test), 4)
+
+
+def floor(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+    out = sh([sys.executable, str(PEERS / "floor.py"), "--layers", ",".join(grid[0]), "--lr", ",".join(grid[1])],
+             root, env)  # fmt: skip
+    (result,) = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("FLOOR ")]
+    return [point(p["layers"], p["lr"], p["val_accuracy"], p["test_accuracy"]) for p in result["points"]], 1
+
+
+def dvc_exp_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+    outputs, points = [sh(["dvc", "repro", "train-head"], root, env)], []
     for layers in grid[0]:
         for lr in grid[1]:
-            overrides = [f"unfreeze.layers={layers}", f"finetune.lr={lr}"]
-            sh([sys.executable, "-m", "thaw.commands.compose", *overrides], root, env)
-            outputs.append(sh(["dvc", "repro", "--force"], root, env))
-    return time.perf_counter() - start, count(outputs)
+            outputs.append(sh(["dvc", "exp", "run", "-S", f"unfreeze.layers={layers}", "-S", f"finetune.lr={lr}",
+                               "-S", "tracking.sweep=bench-loop"], root, env))  # fmt: skip
+            metrics = json.loads((root / "metrics/finetune.json").read_text())
+            points.append(point(layers, lr, metrics["val_accuracy"], metrics["test_accuracy"]))
+    return points, stage_runs(outputs)["train-head"]
 
 
-def dvc_queue(root: Path, env: dict[str, str], grid: Grid, jobs: int) -> tuple[float, collections.Counter]:
-    """DVC's way: the warm-up (the shared upstream, once), the grid queued, `jobs` workers, then the summary."""
-    start = time.perf_counter()
-    outputs = [sh(["dvc", "repro", "train-head"], root, env)]
-    layers, lrs = ",".join(map(str, grid[0])), ",".join(grid[1])
-    queued = sh(["dvc", "exp", "run", "--queue", "-S", f"unfreeze.layers={layers}", "-S", f"finetune.lr={lrs}",
-                 "-S", "tracking.sweep=bench-dvc"], root, env)  # fmt: skip
-    names = re.findall(r"Queued experiment '([^']+)'", queued)
-    sh(["dvc", "queue", "start", "-j", str(jobs)], root, env)
-    while re.search(r"\b(Queued|Running)\b", sh(["dvc", "queue", "status"], root, env)):
-        time.sleep(2)
-    sh([sys.executable, "-m", "thaw.commands.leaderboard", "--sweep", "bench-dvc", "--summarize"], root, env)
-    elapsed = time.perf_counter() - start
-    outputs += [sh(["dvc", "queue", "logs", name], root, env) for name in names]
-    return elapsed, count(outputs)
+def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+    out = sh([sys.executable, str(PEERS / "hydra_multirun.py"), "-m", f"unfreeze.layers={','.join(grid[0])}",
+              f"finetune.lr={','.join(grid[1])}"], root, env)  # fmt: skip
+    found = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("PEER_POINT ")]
+    return [point(p["layers"], p["lr"], p["val_accuracy"], p["test_accuracy"]) for p in found], len(found)
 
 
-def hydra_multirun(root: Path, env: dict[str, str], grid: Grid, jobs: int) -> tuple[float, collections.Counter]:
-    """Hydra's way: one multirun command; its callback warms the cache and writes the summary."""
-    start = time.perf_counter()
-    out = sh([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(map(str, grid[0]))}",
-              f"finetune.lr={','.join(grid[1])}", "sweep.id=bench-hydra", f"hydra.launcher.n_jobs={jobs}"], root, env)  # fmt: skip
-    elapsed = time.perf_counter() - start
-    logs = [p.read_text() for p in sorted((root / "multirun/bench-hydra").glob("*/dvc-exp-run.log"))]
-    return elapsed, count([out, *logs])
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+    out = sh([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
+              f"finetune.lr={','.join(grid[1])}", "sweep.id=bench"], root, env)  # fmt: skip
+    logs = [p.read_text() for p in (root / "multirun/bench").glob("*/dvc-exp-run.log")]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("thaw")
+    runs = client.search_runs([experiment.experiment_id], "tags.`thaw.sweep` = 'bench'")
+    points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return [point(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"], r.data.metrics["val_accuracy"],
+                  r.data.metrics["test_accuracy"]) for r in points], stage_runs([out, *logs])["train-head"]  # fmt: skip
+
+
+WAYS: dict[str, Callable[[Path, dict[str, str], Grid], tuple[list[tuple], int]]] = {
+    "floor (one process, upstream once)": floor,
+    "dvc exp loop (warm-up, then dvc exp run per point)": dvc_exp_loop,
+    "hydra in-process multirun (no cache)": hydra_in_process,
+    "thaw sweep (Hydra + DVC cache, 2 jobs)": thaw_sweep,
+}
+
+
+def conf_for(size: str, data: Path | None, smoke: bool) -> dict[str, dict]:
+    if size == "default":
+        return TINY_CONF if smoke else {}
+    return {"conf/config.yaml": {"defaults": [{"data": "npz"}, {"base": "glyphs"}, "_self_"]},
+            "conf/data/npz.yaml": {"data": {"path": str(data)}}}  # fmt: skip
+
+
+def write_npz(path: Path, rows: int, size: int = 32, classes: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8), y=np.arange(rows) % classes)
+
+
+def measure(base: Path, size: str, grid: Grid, smoke: bool) -> list[str]:
+    data = None
+    if size != "default":
+        data = base / f"x{size}.npz"
+        write_npz(data, int(size))
+    results = {}
+    for name, way in WAYS.items():
+        slug = re.sub(r"\W+", "-", name.split(" (")[0])
+        root = base / f"{size}-{slug}"
+        root.mkdir()
+        env = make_tiny_project(root, conf_for(size, data, smoke))
+        start = time.perf_counter()
+        points, upstream_runs = way(root, env, grid)
+        results[name] = (time.perf_counter() - start, sorted(points), upstream_runs)
+        print(f"# {size}: {name}: {results[name][0]:.1f} s, points {sorted(points)}", flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+    floor_s, floor_points, _ = next(iter(results.values()))
+    rows = []
+    for name, (seconds, points, upstream_runs) in results.items():
+        same = "yes" if points == floor_points else "NO"
+        rows.append(f"| {size} | {len(floor_points)} | {name} | {seconds:.1f} | {seconds / floor_s:.2f} | "
+                    f"{upstream_runs} | {same} |")  # fmt: skip
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2, help="parallel points for both sweep ways")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
-    parser.add_argument("--smoke", action="store_true", help="tiny params and 1 point (for CI)")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="default, 10000, 50000 (comma-separated)")
+    parser.add_argument("--smoke", action="store_true", help="tiny params, 1 point, default size (for CI)")
     args = parser.parse_args()
-    grid = GRID["smoke" if args.smoke else "full"]
-    # The project copier is shared with the end-to-end tests.
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny_project import TINY_CONF, make_tiny_project
+    sizes = ["default"] if args.smoke else args.sizes.split(",")
+    unknown = set(sizes) - set(SIZES)
+    if unknown:
+        raise SystemExit(f"--sizes: unknown {sorted(unknown)}; choose among {', '.join(SIZES)}")
 
     base = Path(tempfile.mkdtemp(prefix="thaw-sweep-bench-"))
-    results = {}
-    points = len(grid[0]) * len(grid[1])
-    for name, run in ((f"naive loop ({points} x dvc repro --force)", lambda r, e: naive_loop(r, e, grid)),
-                      (f"DVC queue (-j {args.jobs})", lambda r, e: dvc_queue(r, e, grid, args.jobs)),
-                      (f"Hydra multirun (joblib n_jobs={args.jobs})",
-                       lambda r, e: hydra_multirun(r, e, grid, args.jobs))):  # fmt: skip
-        root = base / re.sub(r"\W+", "-", name)
-        root.mkdir()
-        env = make_tiny_project(root, conf_updates=TINY_CONF if args.smoke else {})
-        results[name] = run(root, env)
-        print(f"{name}: {results[name][0]:.0f} s", flush=True)
-
-    naive = next(iter(results.values()))[0]
-    print("\n| way | wall time (s) | ratio to naive | " + " | ".join(STAGES) + " |")
-    print("|---|---|---|" + "---|" * len(STAGES))
-    for name, (seconds, runs) in results.items():
-        cells = " | ".join(str(runs.get(stage, 0)) for stage in STAGES)
-        print(f"| {name} | {seconds:.0f} | {seconds / naive:.2f} | {cells} |")
-    if not args.keep:
+    try:
+        rows = []
+        for size in sizes:
+            rows += measure(base, size, GRIDS["1" if args.smoke else SIZES[size]], args.smoke)
+    finally:
         shutil.rmtree(base, ignore_errors=True)
+    print(
+        "\n| rows | points | way | wall time (s) | ratio to floor | upstream computed (times) | same accuracies as floor |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
