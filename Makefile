@@ -19,11 +19,11 @@ setup: $(VENV)/.installed  ## create .venv and install the project with its test
 repro: setup  ## run the pipeline (only what changed)
 	dvc repro
 
-test: setup  ## the whole suite, slow end-to-end tests included (what CI runs)
-	python -m pytest
+test: setup  ## the whole suite, slow end-to-end tests included (what CI runs), one worker per core
+	python -m pytest -n auto --dist loadgroup
 
 test-fast: setup  ## unit tests only
-	python -m pytest -m "not slow"
+	python -m pytest -n auto --dist loadgroup -m "not slow"
 
 lint: setup
 	ruff check . && ruff format --check .
