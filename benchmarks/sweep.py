@@ -17,7 +17,7 @@ what precedes it), and whether its points' val/test accuracies equal the
 floor's (the ways must compute the same thing). The 10,000- and 50,000-row inputs are `np.savez` files of
 random 32x32 images in 10 classes, generated here (their accuracies are chance: what is measured is cost).
 
-    python benchmarks/sweep.py                         # default (6 points), 10000 (6), 50000 (2): about 90 min
+    python benchmarks/sweep.py                         # default (6 points; 16 min on 2 cores), 10000 (6), 50000 (2)
     python benchmarks/sweep.py --sizes default,10000   # some of them
     python benchmarks/sweep.py --smoke                 # tiny params, 1 point: checks the script in CI
 """
