@@ -20,10 +20,10 @@ repro: setup  ## run the pipeline (only what changed)
 	dvc repro
 
 test: setup  ## the whole suite, slow end-to-end tests included (what CI runs), one worker per core
-	python -m pytest -n auto --dist loadgroup
+	python -m pytest -n auto --dist loadfile
 
 test-fast: setup  ## unit tests only
-	python -m pytest -n auto --dist loadgroup -m "not slow"
+	python -m pytest -n auto --dist loadfile -m "not slow"
 
 lint: setup
 	ruff check . && ruff format --check .
