@@ -36,11 +36,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "benchmarks" / "peers"
 sys.path.insert(0, str(REPO / "tests"))  # the project copier is shared with the end-to-end tests
+from large_data import write_npz  # noqa: E402  (this folder: the same generated input)
 from tiny_project import TINY_CONF, make_tiny_project  # noqa: E402
 
 Grid = tuple[tuple[str, ...], tuple[str, ...]]  # unfreeze.layers x finetune.lr
@@ -116,11 +115,6 @@ def conf_for(size: str, data: Path | None, smoke: bool) -> dict[str, dict]:
         return TINY_CONF if smoke else {}
     return {"conf/config.yaml": {"defaults": [{"data": "npz"}, {"base": "glyphs"}, "_self_"]},
             "conf/data/npz.yaml": {"data": {"path": str(data)}}}  # fmt: skip
-
-
-def write_npz(path: Path, rows: int, size: int = 32, classes: int = 10) -> None:
-    rng = np.random.default_rng(0)
-    np.savez(path, x=rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8), y=np.arange(rows) % classes)
 
 
 def measure(base: Path, size: str, grid: Grid, smoke: bool) -> list[str]:

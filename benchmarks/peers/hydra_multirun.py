@@ -21,20 +21,12 @@ ROOT = Path.cwd()
 use_project_code(ROOT)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 @hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     import mlflow
     from hydra.core.hydra_config import HydraConfig
+
+    from thaw.config import flatten
 
     params_file = Path(HydraConfig.get().runtime.output_dir) / "params.yaml"
     params_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -19,7 +19,9 @@ POINT = ("unfreeze", "finetune")
 def use_project_code(root: Path) -> None:
     """Import `stages` and `thaw` from the project copy in `root`, not from wherever thaw is installed."""
     sys.path.insert(0, str(root))
-    for key, value in {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+    from thaw.stage import QUIET_TENSORFLOW
+
+    for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)  # as `thaw.stage.run` sets them for a stage process
 
 
