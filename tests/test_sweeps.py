@@ -9,11 +9,13 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from hydra_plugins.thaw_optuna_sweeper.optuna_sweeper import to_distribution
+from hydra_plugins.thaw_optuna_sweeper.optuna_sweeper import OptunaSweeper, to_distribution
 from thaw import sweeps, tracking
-from thaw.commands.sweep import pipeline_overrides
+from thaw.commands.sweep import pipeline_overrides, run_point
 
 
 def history(epochs: int = 6, head_epochs: int = 3, best: float = 0.9) -> list[dict]:
@@ -76,6 +78,57 @@ def test_a_fixed_value_is_not_a_search_space():
     (override,) = OverridesParser.create().parse_overrides(["finetune.lr=0.1"])
     with pytest.raises(ValueError, match="not a search space"):
         to_distribution(override)
+
+
+class ScriptedLauncher:
+    """Stands in for Hydra's launcher: returns each job's objective, or fails the jobs named in `fail`."""
+
+    def __init__(self, fail: set[int]) -> None:
+        self.fail, self.launched = fail, []
+
+    def launch(self, batch, initial_job_idx):
+        returns = []
+        for i, overrides in enumerate(batch, start=initial_job_idx):
+            self.launched.append(overrides)
+            ret = JobReturn(overrides=overrides, status=JobStatus.FAILED if i in self.fail else JobStatus.COMPLETED)
+            ret._return_value = RuntimeError(f"job {i} broke") if i in self.fail else 0.1 * (i + 1)
+            returns.append(ret)
+        return returns
+
+
+def optuna_sweeper(tmp_path: Path, fail: set[int], n_trials: int = 4) -> tuple[OptunaSweeper, ScriptedLauncher]:
+    sweeper = OptunaSweeper("maximize", n_trials, 2, 0, None, None, {"unfreeze.layers": "range(0, 5)"})
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.launcher = launcher = ScriptedLauncher(fail)
+    sweeper.validate_batch_is_legal = lambda batch: None  # Hydra's check composes configs: no conf/ here
+    return sweeper, launcher
+
+
+def test_a_failed_trial_does_not_stop_the_search_but_fails_the_sweep_by_name(tmp_path):
+    sweeper, launcher = optuna_sweeper(tmp_path, fail={1})
+    with pytest.raises(
+        RuntimeError, match=r"1 of 4 trials failed:\ntrial 1 \(seed=7 unfreeze\.layers=\d\): job 1 broke"
+    ):
+        sweeper.sweep(["seed=7"])
+    assert len(launcher.launched) == 4 and all(o[0] == "seed=7" for o in launcher.launched)
+    result = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert result.failed_trials == 1 and result.best_value == pytest.approx(0.4)  # the search's results are kept
+
+
+def test_a_sweep_whose_trials_all_fail_says_so(tmp_path):
+    sweeper, _ = optuna_sweeper(tmp_path, fail={0, 1}, n_trials=2)
+    with pytest.raises(RuntimeError, match="all 2 trials failed"):
+        sweeper.sweep([])
+    assert not (tmp_path / "optimization_results.yaml").exists()
+
+
+def test_a_points_failed_dvc_run_is_reported_with_its_log(tmp_path):
+    """Not a DVC repository: `dvc exp run` fails, and the error quotes the log's last lines, so a failure in a
+    machine's temp folder (or in CI) can be read without the log file."""
+    log_file = tmp_path / "dvc-exp-run.log"
+    with pytest.raises(RuntimeError, match=r"(?s)failed with status \d+; its last lines:\n.*not inside of a DVC"):
+        run_point(tmp_path, ["unfreeze.layers=1"], "s", "s-0", "val_accuracy", "thaw", log_file)
+    assert "dvc --wait-for-lock exp run --temp" in log_file.read_text()
 
 
 def test_only_pipeline_overrides_reach_dvc():

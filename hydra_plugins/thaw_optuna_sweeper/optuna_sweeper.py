@@ -91,19 +91,20 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        returns, done = [], 0
+        returns, failed, done = [], [], 0
         while done < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [[*fixed, *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in t.params.items())]
                      for t in trials]  # fmt: skip
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=done)
-            for trial, result in zip(trials, results, strict=True):
+            for trial, overrides, result in zip(trials, batch, results, strict=True):
                 if result.status == JobStatus.COMPLETED:
                     study.tell(trial, float(result.return_value))
-                else:
+                else:  # the search goes on; the sweep still ends in an error that names this trial
                     log.warning("trial %d failed: %s", trial.number, result._return_value)
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    failed.append(f"trial {trial.number} ({' '.join(overrides)}): {result._return_value}")
             returns.append(results)
             done += len(trials)
 
@@ -111,7 +112,10 @@ class OptunaSweeper(Sweeper):
         if not completed:
             raise RuntimeError(f"all {len(study.trials)} trials failed; see the job logs under {sweep_dir}")
         best = study.best_trial
-        summary = {"name": "optuna", "best_params": best.params, "best_value": best.value, "trials": len(study.trials)}
+        summary = {"name": "optuna", "best_params": best.params, "best_value": best.value, "trials": len(study.trials),
+                   "failed_trials": len(failed)}  # fmt: skip
         OmegaConf.save(OmegaConf.create(summary), sweep_dir / "optimization_results.yaml")
         log.info("best: %s -> %s", best.params, best.value)
+        if failed:  # like Hydra's own sweepers: a sweep with a failed job fails (here, after the search is done)
+            raise RuntimeError(f"{len(failed)} of {len(study.trials)} trials failed:\n" + "\n".join(failed))
         return returns

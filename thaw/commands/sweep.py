@@ -71,7 +71,19 @@ def run_point(
             f"sweep.share=true needs a tracking server that every machine reaches, but MLFLOW_TRACKING_URI is "
             f"{os.environ.get('MLFLOW_TRACKING_URI', 'not set')} in {repo}: set it to http://HOST:PORT"
         )
-    run = ["dvc", "exp", "run", "--temp", "--name", name, "--set-param", f"tracking.sweep={sweep_id}"]
+    # --wait-for-lock: `exp run` holds the repo's lock while it stashes its params and again while it collects
+    # its results; DVC's default is to give up after 3 s, which parallel points on busy cores can exceed.
+    run = [
+        "dvc",
+        "--wait-for-lock",
+        "exp",
+        "run",
+        "--temp",
+        "--name",
+        name,
+        "--set-param",
+        f"tracking.sweep={sweep_id}",
+    ]
     for line in overrides:
         run += ["--set-param", line]
     steps = [run]
@@ -87,7 +99,10 @@ def run_point(
             out.flush()
             proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, check=False)
             if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}; see {log_file}")
+                raise RuntimeError(
+                    f"{' '.join(cmd)} failed with status {proc.returncode}; its last lines:\n"
+                    f"{log_tail(log_file)}\n(the whole log: {log_file})"
+                )
 
     from mlflow.tracking import MlflowClient
 
@@ -102,6 +117,12 @@ def run_point(
     value = float(found[0].data.metrics[objective])
     log.info("%s: %s = %.4f", name, objective, value)
     return value
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a job's log, indented, for an error message that stands on its own."""
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(f"    {line}" for line in text[-lines:])
 
 
 # An absolute path: a relative one is resolved against the calling module, which is not this file when the
