@@ -120,6 +120,36 @@ def test_optuna_search_returns_objectives_to_the_sweeper(project, grid_sweep):
     assert result["best_value"] == max(r.data.metrics["val_accuracy"] for r in points)
 
 
+HOLD_LOCK = """
+import sys, time
+from dvc.repo import Repo
+with Repo(".").lock:
+    print("held", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_point_waits_while_another_dvc_process_holds_the_repo_lock(project, grid_sweep):
+    """Parallel points take turns at the repo's lock (DVC's own default gives up after 3 s): a point started
+    while another DVC command holds the lock for 6 s still runs and is tracked."""
+    root, env = project
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, "6"], cwd=root, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run(
+            [sys.executable, "-m", "thaw.commands.sweep", "-m", "unfreeze.layers=2", "finetune.lr=1e-4",
+             "sweep.id=locked", "sweep.warm_up=false"],
+            root, env,
+        )  # fmt: skip
+    finally:
+        holder.wait(timeout=60)
+    client, experiment_id = client_for(root)
+    _, points = children(client, experiment_id, "locked")
+    assert [r.data.tags["dvc.experiment"] for r in points] == ["locked-0"]
+
+
 def test_hydra_sweep_over_seeds_reports_intervals_and_the_near_best(project, grid_sweep):
     """seed as a sweep axis: each (layers, lr) cell pools its seeds into a mean and a 95 % interval, in the
     printed leaderboard and on the parent run, and the cells indistinguishable from the best are named."""
