@@ -20,7 +20,7 @@ repro: setup  ## run the pipeline (only what changed)
 	dvc repro
 
 test: setup  ## the whole suite, slow end-to-end tests included (what CI runs), one worker per core
-	python -m pytest -n auto --dist loadfile
+	python -m pytest -n auto --dist loadfile --durations=15
 
 test-fast: setup  ## unit tests only
 	python -m pytest -n auto --dist loadfile -m "not slow"

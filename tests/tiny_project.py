@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -64,9 +65,12 @@ def make_tiny_project(root: Path, conf_updates: dict[str, dict] = TINY_CONF) -> 
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
     for rel, update in conf_updates.items():
-        data = yaml.safe_load((root / rel).read_text())
+        text = (root / rel).read_text()
+        data = yaml.safe_load(text)
         _merge(data, update)
-        (root / rel).write_text(yaml.safe_dump(data, sort_keys=False))
+        # The leading comments stay: Hydra reads a config's package from its `# @package` header line.
+        header = "".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines(keepends=True)))
+        (root / rel).write_text(header + yaml.safe_dump(data, sort_keys=False))
     env = project_env()
     run([sys.executable, "-m", "thaw.commands.compose"], root, env)
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
