@@ -44,7 +44,7 @@ def main() -> None:
         pipeline.run(POINT, point_file)
         metrics = pipeline.metrics("finetune")
         points.append({"layers": int(layers), "lr": float(lr), "val_accuracy": metrics["val_accuracy"],
-                       "test_accuracy": metrics["test_accuracy"]})  # fmt: skip
+                       "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]})  # fmt: skip
     total = time.perf_counter() - start
     print(
         "FLOOR "

@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
     point = {"layers": cfg.unfreeze.layers, "lr": cfg.finetune.lr, "val_accuracy": metrics["val_accuracy"],
-             "test_accuracy": metrics["test_accuracy"]}  # fmt: skip
+             "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}  # fmt: skip
     print("PEER_POINT " + json.dumps(point), flush=True)
     return float(metrics["val_accuracy"])
 
