@@ -90,3 +90,15 @@ def stage_commands(root: Path) -> dict[str, list[str]]:
         for name, stage in pipeline["stages"].items()
         if "cmd" in stage
     }
+
+
+def benchmark_smoke(script: str) -> str:
+    """Run `benchmarks/<script> --smoke` as CI does; check it printed a well-formed table; return its output.
+    Each benchmark's smoke is its own test module, so the suite's workers share them out."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke"], cwd=REPO,
+                          env=project_env(), capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 3, proc.stdout  # a header, its rule, at least one row of figures
+    assert all(line.count("|") == table[0].count("|") for line in table), proc.stdout
+    return proc.stdout
