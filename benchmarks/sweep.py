@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,17 +61,19 @@ def stage_runs(outputs: list[str]) -> collections.Counter:
     return collections.Counter(s for out in outputs for s in re.findall(r"Running stage '([^']+)'", out))
 
 
-def point(layers: object, lr: object, val: object, test: object, test_loss: object) -> tuple:
-    """What a way computed at one point; the test loss tells apart runs that chance-level accuracies do not."""
-    return int(layers), float(lr), round(float(val), 4), round(float(test), 4), round(float(test_loss), 4)
+RESULTS = ("val_accuracy", "test_accuracy", "test_loss")  # the test loss tells apart what chance accuracies do not
+
+
+def point(layers: object, lr: object, metrics: Mapping[str, object]) -> tuple:
+    """What a way computed at one point: (layers, lr, *RESULTS to 4 decimals)."""
+    return int(layers), float(lr), *(round(float(metrics[key]), 4) for key in RESULTS)
 
 
 def floor(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
     out = sh([sys.executable, str(PEERS / "floor.py"), "--layers", ",".join(grid[0]), "--lr", ",".join(grid[1])],
              root, env)  # fmt: skip
     (result,) = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("FLOOR ")]
-    return [point(p["layers"], p["lr"], p["val_accuracy"], p["test_accuracy"], p["test_loss"])
-            for p in result["points"]], 1  # fmt: skip
+    return [point(p["layers"], p["lr"], p) for p in result["points"]], 1
 
 
 def dvc_exp_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
@@ -81,7 +83,7 @@ def dvc_exp_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tupl
             outputs.append(sh(["dvc", "exp", "run", "-S", f"unfreeze.layers={layers}", "-S", f"finetune.lr={lr}",
                                "-S", "tracking.sweep=bench-loop"], root, env))  # fmt: skip
             metrics = json.loads((root / "metrics/finetune.json").read_text())
-            points.append(point(layers, lr, metrics["val_accuracy"], metrics["test_accuracy"], metrics["test_loss"]))
+            points.append(point(layers, lr, metrics))
     return points, stage_runs(outputs)["train-head"]
 
 
@@ -89,9 +91,7 @@ def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[
     out = sh([sys.executable, str(PEERS / "hydra_multirun.py"), "-m", f"unfreeze.layers={','.join(grid[0])}",
               f"finetune.lr={','.join(grid[1])}"], root, env)  # fmt: skip
     found = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("PEER_POINT ")]
-    return [point(p["layers"], p["lr"], p["val_accuracy"], p["test_accuracy"], p["test_loss"]) for p in found], len(
-        found
-    )
+    return [point(p["layers"], p["lr"], p) for p in found], len(found)
 
 
 def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
@@ -104,8 +104,7 @@ def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple]
     experiment = client.get_experiment_by_name("thaw")
     runs = client.search_runs([experiment.experiment_id], "tags.`thaw.sweep` = 'bench'")
     points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return [point(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"], r.data.metrics["val_accuracy"],
-                  r.data.metrics["test_accuracy"], r.data.metrics["test_loss"])
+    return [point(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"], r.data.metrics)
             for r in points], stage_runs([out, *logs])["train-head"]  # fmt: skip
 
 

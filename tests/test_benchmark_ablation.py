@@ -1,5 +1,5 @@
-"""`benchmarks/ablation.py --smoke` (the fair ablation (every arm, seeds, label budgets)) runs end to end on tiny data in CI, so the
-figures the docs quote from it cannot silently rot."""
+"""`benchmarks/ablation.py --smoke` (the fair ablation: every arm, seeds, label budgets) runs on tiny data in CI,
+so the figures the docs quote from it cannot silently rot."""
 
 from __future__ import annotations
 

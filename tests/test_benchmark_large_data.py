@@ -1,5 +1,5 @@
-"""`benchmarks/large_data.py --smoke` (real-size data: per stage rows/s, wall time and peak memory at growing row counts) runs end to end on tiny data in CI, so the
-figures the docs quote from it cannot silently rot."""
+"""`benchmarks/large_data.py --smoke` (per stage rows/s, wall time and peak memory as the rows grow) runs on tiny
+data in CI, so the figures the docs quote from it cannot silently rot."""
 
 from __future__ import annotations
 

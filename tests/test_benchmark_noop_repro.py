@@ -1,4 +1,4 @@
-"""`benchmarks/noop_repro.py --smoke` (the cost of a `dvc repro` that has nothing to do) runs end to end on tiny data in CI, so the
+"""`benchmarks/noop_repro.py --smoke` (what a `dvc repro` with nothing to do costs) runs on tiny data in CI, so the
 figures the docs quote from it cannot silently rot."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`benchmarks/stage_costs.py --smoke` (what each stage of a cold `dvc repro` costs, start-up and imports apart) runs end to end on tiny data in CI, so the
-figures the docs quote from it cannot silently rot."""
+"""`benchmarks/stage_costs.py --smoke` (each stage's cost in a cold `dvc repro`, start-up and imports apart) runs
+on tiny data in CI, so the figures the docs quote from it cannot silently rot."""
 
 from __future__ import annotations
 

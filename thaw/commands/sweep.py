@@ -73,17 +73,8 @@ def run_point(
         )
     # --wait-for-lock: `exp run` holds the repo's lock while it stashes its params and again while it collects
     # its results; DVC's default is to give up after 3 s, which parallel points on busy cores can exceed.
-    run = [
-        "dvc",
-        "--wait-for-lock",
-        "exp",
-        "run",
-        "--temp",
-        "--name",
-        name,
-        "--set-param",
-        f"tracking.sweep={sweep_id}",
-    ]
+    run = ["dvc", "--wait-for-lock", "exp", "run", "--temp", "--name", name,
+           "--set-param", f"tracking.sweep={sweep_id}"]  # fmt: skip
     for line in overrides:
         run += ["--set-param", line]
     steps = [run]
