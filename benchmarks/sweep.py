@@ -19,6 +19,7 @@ random 32x32 images in 10 classes, generated here (their accuracies are chance: 
 
     python benchmarks/sweep.py                         # default (6 points; 16 min on 2 cores), 10000 (6), 50000 (2)
     python benchmarks/sweep.py --sizes default,10000   # some of them
+    python benchmarks/sweep.py --sizes 50000 --finetune-epochs 2   # fewer epochs per point, every way alike
     python benchmarks/sweep.py --smoke                 # tiny params, 1 point, 300 generated rows: for CI
 """
 
@@ -116,16 +117,19 @@ WAYS: dict[str, Callable[[Path, dict[str, str], Grid], tuple[list[tuple], int]]]
 }
 
 
-def conf_for(data: Path | None, smoke: bool) -> dict[str, dict]:
-    """The project's conf/ updates: tiny training for the smoke; the generated file as `data=npz`, if any."""
+def conf_for(data: Path | None, smoke: bool, finetune_epochs: int | None = None) -> dict[str, dict]:
+    """The project's conf/ updates: tiny training for the smoke; the generated file as `data=npz`, if any; the
+    fine-tune epochs, if given (every way reads them from the same conf/)."""
     conf = copy.deepcopy(TINY_CONF) if smoke else {}
+    if finetune_epochs is not None:
+        conf.setdefault("conf/config.yaml", {}).setdefault("finetune", {})["epochs"] = finetune_epochs
     if data is not None:
         conf.setdefault("conf/config.yaml", {})["defaults"] = [{"data": "npz"}, {"base": "glyphs"}, "_self_"]
         conf["conf/data/npz.yaml"] = {"data": {"path": str(data)}}
     return conf
 
 
-def measure(base: Path, size: str, grid: Grid, smoke: bool) -> list[str]:
+def measure(base: Path, size: str, grid: Grid, smoke: bool, finetune_epochs: int | None) -> list[str]:
     data = None
     if size != "default":
         data = base / f"x{size}.npz"
@@ -135,7 +139,7 @@ def measure(base: Path, size: str, grid: Grid, smoke: bool) -> list[str]:
         slug = re.sub(r"\W+", "-", name.split(" (")[0])
         root = base / f"{size}-{slug}"
         root.mkdir()
-        env = make_tiny_project(root, conf_for(data, smoke))
+        env = make_tiny_project(root, conf_for(data, smoke, finetune_epochs))
         start = time.perf_counter()
         points, upstream_runs = way(root, env, grid)
         results[name] = (time.perf_counter() - start, sorted(points), upstream_runs)
@@ -154,7 +158,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="default, 10000, 50000 (comma-separated)")
     parser.add_argument("--smoke", action="store_true", help=f"tiny params, 1 point, {SMOKE_ROWS} rows (for CI)")
+    parser.add_argument("--finetune-epochs", type=int, help="finetune.epochs for every way (default: the project's)")
     args = parser.parse_args()
+    if args.finetune_epochs is not None and args.finetune_epochs < 1:
+        raise SystemExit(f"--finetune-epochs: {args.finetune_epochs} is not a positive number of epochs")
     sizes = [SMOKE_ROWS] if args.smoke else args.sizes.split(",")
     unknown = set(sizes) - set(SIZES) - {SMOKE_ROWS}
     if unknown:
@@ -164,7 +171,7 @@ def main() -> None:
     try:
         rows = []
         for size in sizes:
-            rows += measure(base, size, GRIDS["1" if args.smoke else SIZES[size]], args.smoke)
+            rows += measure(base, size, GRIDS["1" if args.smoke else SIZES[size]], args.smoke, args.finetune_epochs)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
