@@ -115,3 +115,22 @@ def test_predict_takes_a_keras_file_and_an_npz_and_names_a_wrong_size(keras_file
     np.savez(tmp_path / "big.npz", x=np.zeros((2, 32, 32, 3), np.uint8), y=np.zeros(2, np.int64))
     proc = thaw_predict("--model", str(keras_file), "--input", "big.npz", "--out", "big.csv", cwd=tmp_path)
     assert proc.returncode == 2 and "images are 32x32x3, expected 16x16x3" in proc.stderr
+
+
+def test_requirements_pin_the_distribution_that_installed_each_import(monkeypatch: pytest.MonkeyPatch):
+    """A GPU machine has `tensorflow`, this one `tensorflow-cpu`: the model's pins name whichever is installed."""
+    import importlib.metadata
+
+    installed = serving.requirements()
+    assert len(installed) >= len(serving.SERVING_IMPORTS) and all("==" in pin for pin in installed)
+    tensorflow = importlib.metadata.packages_distributions()["tensorflow"][0]
+    assert f"{tensorflow.lower().replace('_', '-')}=={importlib.metadata.version(tensorflow)}" in installed
+
+    gpu = {module: [module] for module in serving.SERVING_IMPORTS} | {"PIL": ["Pillow"]}
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: gpu)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"tensorflow": "2.21.0"}.get(name, "1.0"))
+    assert serving.requirements()[:2] == ["tensorflow==2.21.0", "keras==1.0"]
+    assert "pillow==1.0" in serving.requirements()
+    del gpu["pandas"]
+    with pytest.raises(RuntimeError, match="no installed distribution provides `pandas`"):
+        serving.requirements()

@@ -47,11 +47,23 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(probabilities, columns=self.class_names)
 
 
-def requirements() -> list[str]:
-    """What loading the model needs, pinned to this environment (no inference, which would load the model)."""
-    from importlib.metadata import version
+SERVING_IMPORTS = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "PIL")  # what loading the model imports
 
-    return [f"{name}=={version(name)}" for name in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")]
+
+def requirements() -> list[str]:
+    """What loading the model needs, pinned to the distributions this environment installed them from: one
+    module comes from different ones (`tensorflow` from tensorflow, tensorflow-cpu or tensorflow-macos), so the
+    names are looked up, not assumed. Not inferred by MLflow, which would load the model to find them."""
+    from importlib.metadata import packages_distributions, version
+
+    provided = packages_distributions()
+    pins = []
+    for module in SERVING_IMPORTS:
+        if not provided.get(module):
+            raise RuntimeError(f"no installed distribution provides `{module}`, which the logged model needs to load: "
+                               "install the project (pip install -e .)")  # fmt: skip
+        pins += [f"{name.lower().replace('_', '-')}=={version(name)}" for name in sorted(set(provided[module]))]
+    return pins
 
 
 def save(keras_model: Path, class_names: list[str], image_shape: list[int], out: Path) -> Path:
