@@ -134,7 +134,7 @@ def growth(results: list[dict], stage: str) -> str:
 
 def table(name: str, results: list[dict]) -> str:
     header = " | ".join(f"{r['rows']:,} rows: s, rows/s, peak MiB" for r in results)
-    lines = [f"**{name}**", "", f"| stage | {header} | added s, 2nd step / 1st step |",
+    lines = [f"**{name}**", "", f"| stage | {header} | a row's cost, 2nd step / 1st step |",
              "|---|" + "---|" * (len(results) + 1)]  # fmt: skip
     for stage in STAGES:
         cells = []
