@@ -25,8 +25,8 @@ def reproduction(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return root, env
 
 
-def lock_entries(lock: dict) -> dict[str, dict]:
-    """(stage, path) -> md5 of every dependency and output in a dvc.lock."""
+def lock_entries(lock: dict) -> dict[str, str | None]:
+    """The md5 of every dependency and output in a dvc.lock, keyed "stage: path"."""
     return {f"{stage}: {entry['path']}": entry.get("md5")
             for stage, body in lock["stages"].items() for entry in body.get("deps", []) + body.get("outs", [])}  # fmt: skip
 

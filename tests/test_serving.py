@@ -121,10 +121,12 @@ def test_requirements_pin_the_distribution_that_installed_each_import(monkeypatc
     """A GPU machine has `tensorflow`, this one `tensorflow-cpu`: the model's pins name whichever is installed."""
     import importlib.metadata
 
+    from packaging.utils import canonicalize_name
+
     installed = serving.requirements()
     assert len(installed) >= len(serving.SERVING_IMPORTS) and all("==" in pin for pin in installed)
     tensorflow = importlib.metadata.packages_distributions()["tensorflow"][0]
-    assert f"{tensorflow.lower().replace('_', '-')}=={importlib.metadata.version(tensorflow)}" in installed
+    assert f"{canonicalize_name(tensorflow)}=={importlib.metadata.version(tensorflow)}" in installed
 
     gpu = {module: [module] for module in serving.SERVING_IMPORTS} | {"PIL": ["Pillow"]}
     monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: gpu)

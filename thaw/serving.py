@@ -56,13 +56,15 @@ def requirements() -> list[str]:
     names are looked up, not assumed. Not inferred by MLflow, which would load the model to find them."""
     from importlib.metadata import packages_distributions, version
 
+    from packaging.utils import canonicalize_name
+
     provided = packages_distributions()
     pins = []
     for module in SERVING_IMPORTS:
         if not provided.get(module):
             raise RuntimeError(f"no installed distribution provides `{module}`, which the logged model needs to load: "
                                "install the project (pip install -e .)")  # fmt: skip
-        pins += [f"{name.lower().replace('_', '-')}=={version(name)}" for name in sorted(set(provided[module]))]
+        pins += [f"{canonicalize_name(name)}=={version(name)}" for name in sorted(set(provided[module]))]
     return pins
 
 
