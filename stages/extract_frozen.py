@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "normalized", "base", "out", "flow")
-    from thaw import model, training  # TensorFlow: only once the config is known good
+    from thaw import allocator, model, training  # TensorFlow: only once the config is known good
 
     training.configure_threads(params.runtime.intra_op_threads, params.runtime.inter_op_threads)
+    allocator.keep_freed_memory()
     training.make_deterministic(params.seed)
     data = shards.open_dataset(args.normalized)
     pixels = data.array

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from thaw.allocator import keep_freed_memory
 from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
 from thaw.shards import chunk_rows, prediction_batch
@@ -31,9 +32,11 @@ def make_deterministic(seed: int) -> None:
 
 
 def prepare_runtime(runtime: RuntimeParams) -> tuple[tf.distribute.Strategy, int]:
-    """Apply the `runtime` section before training: size the thread pools, then return the strategy to build
-    and train under and the steps per execution to compile with."""
+    """Apply the `runtime` section before training: size the thread pools (and keep freed memory for the next
+    step, see thaw/allocator.py), then return the strategy to build and train under and the steps per execution
+    to compile with."""
     configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
+    keep_freed_memory()
     strategy = distribution_strategy(runtime.strategy, runtime.devices)
     return strategy, steps_per_execution(runtime.strategy, runtime.steps_per_execution)
 
