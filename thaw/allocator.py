@@ -21,7 +21,7 @@ import platform
 log = logging.getLogger(__name__)
 
 M_TOP_PAD = -2  # glibc's malloc.h: how much extra a heap grows by, and keeps free when it shrinks
-TOP_PAD = 64 << 20  # 64 MiB: a few of a step's tensors; a peak resident set 40-60 MiB higher, measured
+TOP_PAD = 64 << 20  # a few steps' tensors; costs up to 81 MiB of peak memory (benchmarks/large_data.py)
 
 
 def keep_freed_memory(top_pad: int = TOP_PAD) -> bool:
