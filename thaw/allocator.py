@@ -4,9 +4,9 @@ TensorFlow's CPU allocator is the C library's malloc. With glibc's defaults, eve
 tensors, glibc shrinks the heap they came from, and the next step's tensors fault their pages back in: a
 fine-tune of 10,000 32x32 rows took 5.6 million page faults, and 22 of its 46 s were system time
 (`perf stat -e page-faults` on `python -m stages.finetune`). Padding each heap by 64 MiB when it grows, and
-keeping that much free at its top, removes nearly all of them (and 22 s of system time became 3 s). The usual fix, preloading tcmalloc or
-jemalloc with LD_PRELOAD, needs a library the machine may not have and an environment variable set before
-Python starts; glibc's own `mallopt` needs neither, hence this module.
+keeping that much free at its top, removes nearly all of them: 3 s of system time, not 22. The usual fix,
+preloading tcmalloc or jemalloc with LD_PRELOAD, needs a library the machine may not have and an environment
+variable set before Python starts; glibc's own `mallopt` needs neither, hence this module.
 
 The results do not change: the allocator decides where tensors live, not what is computed in them.
 """
