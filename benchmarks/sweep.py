@@ -14,12 +14,15 @@ The ways, each from scratch in its own fresh copy of the project (a temporary gi
 
 Prints each way's wall time, its ratio to the floor, how many times it computed the upstream (train-head and
 what precedes it), and whether its points' val and test accuracies and test loss (4 decimals) equal the
-floor's (the ways must compute the same thing). The 10,000- and 50,000-row inputs are `np.savez` files of
+floor's (the ways must compute the same thing). With `--repeats N`, every way runs N times, in an order that
+rotates each repeat; the table then gives the mean and its 95 % t-interval, and each peer's time minus thaw's,
+paired repeat by repeat (mean and interval, and in how many repeats thaw was faster). The 10,000- and 50,000-row inputs are `np.savez` files of
 random 32x32 images in 10 classes, generated here (their accuracies are chance: what is measured is cost).
 
     python benchmarks/sweep.py                         # default (6 points; 16 min on 2 cores), 10000 (6), 50000 (2)
     python benchmarks/sweep.py --sizes default,10000   # some of them
     python benchmarks/sweep.py --sizes 50000 --finetune-epochs 2   # fewer epochs per point, every way alike
+    python benchmarks/sweep.py --sizes 50000 --finetune-epochs 2 --ways floor,loop,thaw --repeats 3
     python benchmarks/sweep.py --smoke                 # tiny params, 1 point, 300 generated rows: for CI
 """
 
@@ -31,12 +34,15 @@ import copy
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from thaw.intervals import t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "benchmarks" / "peers"
@@ -109,11 +115,12 @@ def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple]
             for r in points], stage_runs([out, *logs])["train-head"]  # fmt: skip
 
 
-WAYS: dict[str, Callable[[Path, dict[str, str], Grid], tuple[list[tuple], int]]] = {
-    "floor (one process, upstream once)": floor,
-    "dvc exp loop (warm-up, then dvc exp run per point)": dvc_exp_loop,
-    "hydra in-process multirun (no cache)": hydra_in_process,
-    "thaw sweep (Hydra + DVC cache, 2 jobs)": thaw_sweep,
+Way = Callable[[Path, dict[str, str], Grid], tuple[list[tuple], int]]
+WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way)
+    "floor": ("floor (one process, upstream once)", floor),
+    "loop": ("dvc exp loop (warm-up, then dvc exp run per point)", dvc_exp_loop),
+    "hydra": ("hydra in-process multirun (no cache)", hydra_in_process),
+    "thaw": ("thaw sweep (Hydra + DVC cache, 2 jobs)", thaw_sweep),
 }
 
 
@@ -129,39 +136,89 @@ def conf_for(data: Path | None, smoke: bool, finetune_epochs: int | None = None)
     return conf
 
 
-def measure(base: Path, size: str, grid: Grid, smoke: bool, finetune_epochs: int | None) -> list[str]:
+def run_way(base: Path, size: str, key: str, data: Path | None, grid: Grid, smoke: bool,
+            finetune_epochs: int | None) -> tuple[float, list[tuple], int]:  # fmt: skip
+    """One way, from scratch in a fresh copy of the project: (seconds, its points sorted, upstream runs)."""
+    name, way = WAYS[key]
+    root = base / f"{size}-{key}"
+    root.mkdir()
+    env = make_tiny_project(root, conf_for(data, smoke, finetune_epochs))
+    start = time.perf_counter()
+    points, upstream_runs = way(root, env, grid)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"# {size}: {name}: {seconds:.1f} s, points {sorted(points)}", flush=True)
+    return seconds, sorted(points), upstream_runs
+
+
+def run_order(keys: list[str], repeat: int) -> list[str]:
+    """The ways' order in repeat `repeat` (0-based): rotated one place each time, so that no way always runs
+    first (or last) on a machine that warms up, or slows down, over a long benchmark."""
+    shift = repeat % len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def spread(values: list[float]) -> str:
+    """A mean, with its 95 % t-interval when there are two or more values."""
+    if len(values) < 2:
+        return f"{values[0]:.1f}"
+    interval = t_interval(values)
+    return f"{interval.mean:.1f} [{interval.low:.1f}, {interval.high:.1f}]"
+
+
+def table_rows(size: str, seconds: dict[str, list[float]], points: dict[str, list[list[tuple]]],
+               upstream: dict[str, int]) -> list[str]:  # fmt: skip
+    """One row per way: its mean time (and interval), its ratio to the floor's mean, and, paired repeat by
+    repeat with thaw's sweep, how much longer it took and in how many repeats thaw was faster."""
+    floor_s = statistics.fmean(seconds["floor"])
+    floor_points = points["floor"][0]
+    rows = []
+    for key, times in seconds.items():
+        if key in ("floor", "thaw") or "thaw" not in seconds:
+            minus_thaw = faster = "-"
+        else:
+            differences = [way - thaw for way, thaw in zip(times, seconds["thaw"], strict=True)]
+            minus_thaw = spread(differences)
+            faster = f"{sum(d > 0 for d in differences)} of {len(differences)}"
+        same = "yes" if all(found == floor_points for found in points[key]) else "NO"
+        rows.append(f"| {size} | {len(floor_points)} | {WAYS[key][0]} | {len(times)} | {spread(times)} | "
+                    f"{statistics.fmean(times) / floor_s:.2f} | {minus_thaw} | {faster} | {upstream[key]} | "
+                    f"{same} |")  # fmt: skip
+    return rows
+
+
+def measure(base: Path, size: str, grid: Grid, smoke: bool, finetune_epochs: int | None, keys: list[str],
+            repeats: int) -> list[str]:  # fmt: skip
     data = None
     if size != "default":
         data = base / f"x{size}.npz"
         write_npz(data, int(size))
-    results = {}
-    for name, way in WAYS.items():
-        slug = re.sub(r"\W+", "-", name.split(" (")[0])
-        root = base / f"{size}-{slug}"
-        root.mkdir()
-        env = make_tiny_project(root, conf_for(data, smoke, finetune_epochs))
-        start = time.perf_counter()
-        points, upstream_runs = way(root, env, grid)
-        results[name] = (time.perf_counter() - start, sorted(points), upstream_runs)
-        print(f"# {size}: {name}: {results[name][0]:.1f} s, points {sorted(points)}", flush=True)
-        shutil.rmtree(root, ignore_errors=True)
-    floor_s, floor_points, _ = next(iter(results.values()))
-    rows = []
-    for name, (seconds, points, upstream_runs) in results.items():
-        same = "yes" if points == floor_points else "NO"
-        rows.append(f"| {size} | {len(floor_points)} | {name} | {seconds:.1f} | {seconds / floor_s:.2f} | "
-                    f"{upstream_runs} | {same} |")  # fmt: skip
-    return rows
+    seconds: dict[str, list[float]] = {key: [] for key in keys}
+    points: dict[str, list[list[tuple]]] = {key: [] for key in keys}
+    upstream: dict[str, int] = {}
+    for repeat in range(repeats):
+        for key in run_order(keys, repeat):
+            took, found, upstream[key] = run_way(base, size, key, data, grid, smoke, finetune_epochs)
+            seconds[key].append(took)
+            points[key].append(found)
+    return table_rows(size, seconds, points, upstream)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="default, 10000, 50000 (comma-separated)")
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"some of {', '.join(WAYS)} (the floor is a must)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each way, in rotating order (default: 1)")
     parser.add_argument("--smoke", action="store_true", help=f"tiny params, 1 point, {SMOKE_ROWS} rows (for CI)")
     parser.add_argument("--finetune-epochs", type=int, help="finetune.epochs for every way (default: the project's)")
     args = parser.parse_args()
     if args.finetune_epochs is not None and args.finetune_epochs < 1:
         raise SystemExit(f"--finetune-epochs: {args.finetune_epochs} is not a positive number of epochs")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats: {args.repeats} is not a positive number of runs")
+    keys = args.ways.split(",")
+    if set(keys) - set(WAYS) or "floor" not in keys or len(set(keys)) < len(keys):
+        raise SystemExit(f"--ways: {args.ways!r}; give each of {', '.join(WAYS)} at most once, and the floor")
     sizes = [SMOKE_ROWS] if args.smoke else args.sizes.split(",")
     unknown = set(sizes) - set(SIZES) - {SMOKE_ROWS}
     if unknown:
@@ -171,13 +228,15 @@ def main() -> None:
     try:
         rows = []
         for size in sizes:
-            rows += measure(base, size, GRIDS["1" if args.smoke else SIZES[size]], args.smoke, args.finetune_epochs)
+            grid = GRIDS["1" if args.smoke else SIZES[size]]
+            rows += measure(base, size, grid, args.smoke, args.finetune_epochs, keys, args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
-        "\n| rows | points | way | wall time (s) | ratio to floor | upstream computed (times) | same results as floor |"
+        "\n| rows | points | way | runs | wall time (s), mean [95 % interval] | ratio to floor | its time minus "
+        "thaw's (s), paired by run | thaw faster in | upstream computed (times) | same results as floor |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if any(row.endswith("| NO |") for row in rows):  # the ways must compute the same thing to be compared
         raise SystemExit("a way's results differ from the floor's: its timing compares different work")

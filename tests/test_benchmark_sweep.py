@@ -10,7 +10,7 @@ import pytest
 from tiny_project import TINY_CONF, benchmark_smoke
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from sweep import conf_for
+from sweep import conf_for, run_order, table_rows
 
 
 @pytest.mark.slow
@@ -28,3 +28,33 @@ def test_every_way_gets_the_same_finetune_epochs_and_data(tmp_path: Path) -> Non
     assert smoke["conf/config.yaml"]["finetune"] == {"epochs": 3, "batch_size": 16}
     assert TINY_CONF["conf/config.yaml"]["finetune"]["epochs"] == 1  # the shared tiny config is not changed
     assert conf_for(None, smoke=False) == {}
+
+
+def test_the_ways_order_rotates_so_none_always_runs_first() -> None:
+    keys = ["floor", "loop", "thaw"]
+    orders = [run_order(keys, repeat) for repeat in range(4)]
+    assert orders[:3] == [["floor", "loop", "thaw"], ["loop", "thaw", "floor"], ["thaw", "floor", "loop"]]
+    assert orders[3] == orders[0]
+
+
+def test_repeats_give_means_intervals_and_paired_differences_to_thaw() -> None:
+    same = [(2, 0.001, 0.5, 0.5, 1.0)]
+    seconds = {"floor": [100.0, 110.0, 90.0], "loop": [130.0, 125.0, 112.0], "thaw": [120.0, 126.0, 102.0]}
+    rows = table_rows("50000", seconds, {key: [same] * 3 for key in seconds}, {"floor": 1, "loop": 1, "thaw": 1})
+    cells = {row.split(" | ")[2]: row.strip("| ").split(" | ") for row in rows}
+    floor, loop, thaw = (cells[name] for name in ("floor (one process, upstream once)",
+                                                  "dvc exp loop (warm-up, then dvc exp run per point)",
+                                                  "thaw sweep (Hydra + DVC cache, 2 jobs)"))  # fmt: skip
+    assert floor[3:6] == ["3", "100.0 [75.2, 124.8]", "1.00"]
+    assert loop[5] == "1.22" and thaw[5] == "1.16"
+    # loop minus thaw, run by run: 10, -1, 10 -> mean 6.3; thaw was faster in two of three
+    assert loop[6].startswith("6.3 [") and loop[7] == "2 of 3"
+    assert floor[6:8] == thaw[6:8] == ["-", "-"]
+    assert all(row.endswith("| yes |") for row in rows)
+
+
+def test_a_way_whose_results_differ_in_any_repeat_is_marked() -> None:
+    same, other = [(2, 0.001, 0.5, 0.5, 1.0)], [(2, 0.001, 0.5, 0.5, 1.1)]
+    rows = table_rows("300", {"floor": [1.0, 1.0], "thaw": [2.0, 2.0]},
+                      {"floor": [same, same], "thaw": [same, other]}, {"floor": 1, "thaw": 1})  # fmt: skip
+    assert rows[0].endswith("| yes |") and rows[1].endswith("| NO |")

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from thaw.allocator import keep_freed_memory
 from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
 from thaw.shards import chunk_rows, prediction_batch
+from thaw.slots import ENV as SLOTS_ENV
+from thaw.slots import compute_slot
 from thaw.store import check_store
 
 log = logging.getLogger(__name__)
@@ -192,14 +195,16 @@ def stage_run(
     """The skeleton every training stage shares (pretrain-base, train-head, finetune).
 
     Before any training: check that the tracking store can be written and lets this user at `experiment` (a
-    wrong server or login fails in seconds, not after the training), size the thread pools and pick the strategy (`runtime`), and open the checkpoint
-    keyed by `settings` and the content of `inputs`. When the block succeeds (its outputs written), the
-    checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
+    wrong server or login fails in seconds, not after the training), size the thread pools and pick the
+    strategy (`runtime`), and open the checkpoint keyed by `settings` and the content of `inputs`. In a sweep's
+    point, the block then waits for a compute slot (thaw/slots.py). When the block succeeds (its outputs
+    written), the checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
     """
     check_store(tracking_uri, experiment=experiment)
     strategy, steps = prepare_runtime(runtime)
     run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
-    yield run
+    with compute_slot(os.environ.get(SLOTS_ENV)):  # in a sweep's point: train in turn (thaw/slots.py)
+        yield run
     run.checkpoint.clear()
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from thaw import config, store
+from thaw import config, slots, store
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,16 @@ def run_point(
     experiment: str,
     log_file: Path,
     share_to: str | None = None,
+    compute_slots: int = 1,
 ) -> float:
     """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow.
 
     With `share_to` (a git remote; `sweep.share`), the point may run in any machine's clone: it first fetches
     the warm-up's run-cache from the DVC remote, so the upstream stages are restored rather than retrained,
     and afterwards pushes its experiment (git ref to `share_to`, outputs to the DVC remote) for the team.
+
+    At most `compute_slots` points of this machine train at once (`sweep.compute_slots`, thaw/slots.py; 0: no
+    limit); the rest of each point (DVC, imports, saving, tracking) overlaps with the training of others.
     """
     uri = store.tracking_uri(repo)
     if share_to and not uri.startswith(("http://", "https://")):
@@ -83,12 +87,15 @@ def run_point(
         # found there download its outputs. --wait-for-lock: points sharing a clone take turns at its lock.
         steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
                  ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != slots.ENV}
+    if compute_slots:
+        env[slots.ENV] = str(slots.make_slots(repo, compute_slots))
     log.info("%s: %s (in %s)", name, " ".join(overrides) or "(baseline)", repo)
     with open(log_file, "w", encoding="utf-8") as out:
         for cmd in steps:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
-            proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, check=False)
+            proc = subprocess.run(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
             if proc.returncode != 0:
                 raise RuntimeError(
                     f"{' '.join(cmd)} failed with status {proc.returncode}; its last lines:\n"
@@ -133,6 +140,7 @@ def main(cfg: DictConfig) -> float:
         experiment=cfg.tracking.experiment,
         log_file=Path(hydra_cfg.runtime.output_dir) / "dvc-exp-run.log",
         share_to=cfg.sweep.git_remote if cfg.sweep.share else None,
+        compute_slots=cfg.sweep.compute_slots,
     )
 
 

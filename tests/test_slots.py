@@ -1,0 +1,86 @@
+"""Compute slots: separate processes holding slots never train more at once than there are slots, a killed
+holder frees its slot, and outside a sweep nothing waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from thaw.slots import ENV, compute_slot, make_slots
+
+HOLD = """
+import json, sys, time
+from thaw.slots import compute_slot
+with compute_slot(sys.argv[1]):
+    start = time.time()
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    end = time.time()
+print(json.dumps([start, end]))
+"""
+
+
+def hold_in_processes(folder: Path, count: int, seconds: float = 0.6) -> list[tuple[float, float]]:
+    """Start `count` processes that each hold a slot of `folder` for `seconds`; their (start, end) times."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(count)]  # fmt: skip
+    return [tuple(json.loads(p.communicate(timeout=60)[0].splitlines()[-1])) for p in procs]
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_processes_take_turns_at_the_slots(tmp_path, slots):
+    spans = hold_in_processes(make_slots(tmp_path, slots), count=4)
+    assert most_at_once(spans) == slots
+    assert max(end for _, end in spans) - min(start for start, _ in spans) >= 4 / slots * 0.6 - 0.05
+
+
+def test_a_killed_holder_frees_its_slot(tmp_path):
+    folder = make_slots(tmp_path, 1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), "600"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    start = time.perf_counter()
+    with compute_slot(folder) as waited:
+        assert waited < 5
+    assert time.perf_counter() - start < 5
+
+
+def test_outside_a_sweep_nothing_waits(tmp_path):
+    assert ENV not in os.environ
+    with compute_slot(None) as waited:
+        assert waited == 0.0
+
+
+def test_slots_are_made_per_project_and_count(tmp_path):
+    one, two = make_slots(tmp_path, 1), make_slots(tmp_path, 2)
+    assert one.parent == two.parent == tmp_path / ".dvc" / "tmp"
+    assert sorted(p.name for p in two.iterdir()) == ["0.lock", "1.lock"]
+    assert make_slots(tmp_path, 2) == two  # again: the same slots
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, "2", True])
+def test_bad_slot_counts_name_the_key(tmp_path, count):
+    with pytest.raises(ValueError, match=r"sweep\.compute_slots: .* is not a positive number of slots"):
+        make_slots(tmp_path, count)
+
+
+def test_a_folder_without_slots_is_an_error_that_names_the_variable(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{ENV}=.*no slot lock files"), compute_slot(tmp_path):
+        pass
