@@ -13,27 +13,28 @@ import numpy as np
 
 from thaw import artifacts, dataflow, shards, stage
 from thaw.freezing import freeze
+from thaw.slots import sweep_slot
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "normalized", "base", "out", "flow")
-    from thaw import allocator, model, training  # TensorFlow: only once the config is known good
+    from thaw import model, training  # TensorFlow: only once the config is known good
 
-    training.configure_threads(params.runtime.intra_op_threads, params.runtime.inter_op_threads)
-    allocator.keep_freed_memory()
-    training.make_deterministic(params.seed)
     data = shards.open_dataset(args.normalized)
     pixels = data.array
-    base = model.load_keras_model(args.base)
-    freeze(base)
-    row_shape = tuple(base.output_shape[1:])
-    with shards.write_dataset(args.out, "features", row_shape, np.float32, data.labels, data.split,
-                              data.class_names) as out:  # fmt: skip
-        step = shards.chunk_rows(pixels.row_shape, pixels.dtype)  # whole prediction batches per chunk
-        for start in range(0, len(pixels), step):
-            out.append(model.extract_features(base, pixels[start : start + step]))
+    with sweep_slot():  # in a sweep's point that changes the base: in turn with the others' training
+        training.prepare_process(params.runtime)
+        training.make_deterministic(params.seed)
+        base = model.load_keras_model(args.base)
+        freeze(base)
+        row_shape = tuple(base.output_shape[1:])
+        with shards.write_dataset(args.out, "features", row_shape, np.float32, data.labels, data.split,
+                                  data.class_names) as out:  # fmt: skip
+            step = shards.chunk_rows(pixels.row_shape, pixels.dtype)  # whole prediction batches per chunk
+            for start in range(0, len(pixels), step):
+                out.append(model.extract_features(base, pixels[start : start + step]))
     features = shards.open_dataset(args.out).array
     log.info("extracted features %s from %s", features.shape, pixels.shape)
     artifacts.write_json(args.flow, dataflow.extract_row(pixels.shape, features.shape, features[0]))

@@ -3,6 +3,7 @@ holder frees its slot, and outside a sweep nothing waits."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from thaw.slots import ENV, compute_slot, make_slots
+from thaw.slots import ENV, compute_slot, make_slots, sweep_slot
 
 HOLD = """
 import json, sys, time
@@ -64,8 +65,18 @@ def test_a_killed_holder_frees_its_slot(tmp_path):
 
 def test_outside_a_sweep_nothing_waits(tmp_path):
     assert ENV not in os.environ
-    with compute_slot(None) as waited:
-        assert waited == 0.0
+    with compute_slot(None) as waited, sweep_slot() as waited_too:
+        assert waited == waited_too == 0.0
+
+
+def test_in_a_sweeps_point_the_stage_holds_the_slot_the_environment_names(tmp_path, monkeypatch):
+    folder = make_slots(tmp_path, 1)
+    monkeypatch.setenv(ENV, str(folder))
+    # another open of the lock file, as another process would: flock refuses it while the stage holds the slot
+    with sweep_slot(), open(folder / "0.lock", "a+b") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(folder / "0.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
 
 
 def test_slots_are_made_per_project_and_count(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,12 @@ def make_slots(root: Path, count: int) -> Path:
     for i in range(count):
         (folder / f"{i}.lock").touch()
     return folder
+
+
+def sweep_slot() -> contextlib.AbstractContextManager[float]:
+    """The slot a stage trains in: one of the sweep's (THAW_COMPUTE_SLOTS, set by `thaw sweep` for its points),
+    or none outside a sweep. The variable is the contract between the sweep and the stages DVC runs for it."""
+    return compute_slot(os.environ.get(ENV))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from thaw.allocator import keep_freed_memory
 from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
 from thaw.shards import chunk_rows, prediction_batch
-from thaw.slots import ENV as SLOTS_ENV
-from thaw.slots import compute_slot
+from thaw.slots import sweep_slot
 from thaw.store import check_store
 
 log = logging.getLogger(__name__)
@@ -34,12 +32,17 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def prepare_runtime(runtime: RuntimeParams) -> tuple[tf.distribute.Strategy, int]:
-    """Apply the `runtime` section before training: size the thread pools (and keep freed memory for the next
-    step, see thaw/allocator.py), then return the strategy to build and train under and the steps per execution
-    to compile with."""
+def prepare_process(runtime: RuntimeParams) -> None:
+    """Before a stage runs a network: size TensorFlow's thread pools (`runtime`) and keep freed memory for the
+    next step (thaw/allocator.py)."""
     configure_threads(runtime.intra_op_threads, runtime.inter_op_threads)
     keep_freed_memory()
+
+
+def prepare_runtime(runtime: RuntimeParams) -> tuple[tf.distribute.Strategy, int]:
+    """Apply the `runtime` section before training (`prepare_process`), then return the strategy to build and
+    train under and the steps per execution to compile with."""
+    prepare_process(runtime)
     strategy = distribution_strategy(runtime.strategy, runtime.devices)
     return strategy, steps_per_execution(runtime.strategy, runtime.steps_per_execution)
 
@@ -195,15 +198,16 @@ def stage_run(
     """The skeleton every training stage shares (pretrain-base, train-head, finetune).
 
     Before any training: check that the tracking store can be written and lets this user at `experiment` (a
-    wrong server or login fails in seconds, not after the training), size the thread pools and pick the
-    strategy (`runtime`), and open the checkpoint keyed by `settings` and the content of `inputs`. In a sweep's
-    point, the block then waits for a compute slot (thaw/slots.py). When the block succeeds (its outputs
-    written), the checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
+    wrong server or login fails in seconds, not after the training); in a sweep's point, wait for a compute
+    slot (thaw/slots.py), held to the end of the block; size the thread pools and pick the strategy (`runtime`),
+    and open the checkpoint keyed by `settings` and the content of `inputs`. When the block succeeds (its
+    outputs written), the checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume
+    from.
     """
     check_store(tracking_uri, experiment=experiment)
-    strategy, steps = prepare_runtime(runtime)
-    run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
-    with compute_slot(os.environ.get(SLOTS_ENV)):  # in a sweep's point: train in turn (thaw/slots.py)
+    with sweep_slot():  # before TensorFlow sets up its devices: a waiting point holds none of them
+        strategy, steps = prepare_runtime(runtime)
+        run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
         yield run
     run.checkpoint.clear()
 
