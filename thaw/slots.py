@@ -37,6 +37,8 @@ def make_slots(root: Path, count: int) -> Path:
     value of THAW_COMPUTE_SLOTS). Sweeps of one project with the same count share the slots."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"sweep.compute_slots: {count!r} is not a positive number of slots (0 turns them off)")
+    if not (root / ".dvc").is_dir():  # never make a folder look like a DVC project
+        raise FileNotFoundError(f"{root} is not a DVC project (no .dvc folder): no compute slots made there")
     folder = root / ".dvc" / "tmp" / f"compute-slots-{count}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
