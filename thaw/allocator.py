@@ -3,8 +3,8 @@
 TensorFlow's CPU allocator is the C library's malloc. With glibc's defaults, every training step frees its
 tensors, glibc shrinks the heap they came from, and the next step's tensors fault their pages back in: a
 fine-tune of 10,000 32x32 rows took 5.6 million page faults, and 22 of its 46 s were system time
-(`perf stat -e page-faults` on `python -m stages.finetune`). Padding each heap by 64 MiB when it grows, and
-keeping that much free at its top, removes nearly all of them: 3 s of system time, not 22. The usual fix,
+(`perf stat -e page-faults` on `python -m stages.finetune`). Padding each heap by 32 MiB when it grows, and
+keeping that much free at its top, removes nearly all of them (figures at TOP_PAD below). The usual fix,
 preloading tcmalloc or jemalloc with LD_PRELOAD, needs a library the machine may not have and an environment
 variable set before Python starts; glibc's own `mallopt` needs neither, hence this module.
 
@@ -21,7 +21,12 @@ import platform
 log = logging.getLogger(__name__)
 
 M_TOP_PAD = -2  # glibc's malloc.h: how much extra a heap grows by, and keeps free when it shrinks
-TOP_PAD = 64 << 20  # a few steps' tensors; costs up to 81 MiB of peak memory (benchmarks/large_data.py)
+# Measured on one fine-tune epoch (each process's page faults and peak resident memory, VmHWM), 0 / 32 / 64 MiB:
+# 50,000 rows at 32x32: 26.6 / 0.72 / 0.38 million faults, 145 / 78 / 77 s, 934 / 1,002 / 1,158 MiB;
+# 1,000 rows at 160x160 with MobileNetV2: 6.0 / 2.6-2.9 / 1.4-1.7 million, 1,242-1,282 / 1,295-1,341 /
+# 1,376-1,471 MiB. 32 MiB keeps the speed and leaves the 160x160 fine-tune room under its 1.5 GB budget; 64 MiB,
+# padded in each of the threads' heaps, came within 1 % of it.
+TOP_PAD = 32 << 20
 
 
 def keep_freed_memory(top_pad: int = TOP_PAD) -> bool:
