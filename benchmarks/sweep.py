@@ -12,12 +12,15 @@ The ways, each from scratch in its own fresh copy of the project (a temporary gi
 - thaw sweep: `thaw sweep -m ...` (the warm-up, then each point a cached DVC experiment in a temporary
   workspace, 2 at a time, nested MLflow runs, the summary and the champion).
 
-Prints each way's wall time, its ratio to the floor, how many times it computed the upstream (train-head and
-what precedes it), and whether its points' val and test accuracies and test loss (4 decimals) equal the
-floor's (the ways must compute the same thing). With `--repeats N`, every way runs N times, in an order that
-rotates each repeat; the table then gives the mean and its 95 % t-interval, and each peer's time minus thaw's,
-paired repeat by repeat (mean and interval, and in how many repeats thaw was faster). The 10,000- and 50,000-row inputs are `np.savez` files of
-random 32x32 images in 10 classes, generated here (their accuracies are chance: what is measured is cost).
+Prints each way's wall time, its ratio to the floor, its time after the upstream was ready (the points phase:
+the floor's, the loop's after its `dvc repro train-head`, thaw's after the sweep's warm-up; the floor's,
+the loop's and thaw's warm-ups compute the same stages, so this is where the ways differ), how many times it
+computed the upstream (train-head and what precedes it), and whether its points' val and test accuracies and
+test loss (4 decimals) equal the floor's (the ways must compute the same thing). With `--repeats N`, every
+way runs N times, in an order that rotates each repeat; the table then gives the mean and its 95 %
+t-interval, and each peer's time minus thaw's, paired repeat by repeat (mean and interval, and in how many
+repeats thaw was faster). The 10,000- and 50,000-row inputs are `np.savez` files of random 32x32 images in
+10 classes, generated here (their accuracies are chance: what is measured is cost).
 
     python benchmarks/sweep.py                         # default (6 points; 16 min on 2 cores), 10000 (6), 50000 (2)
     python benchmarks/sweep.py --sizes default,10000   # some of them
@@ -41,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from thaw.intervals import t_interval
 
@@ -64,6 +68,24 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
+def sh_marked(cmd: list[str], cwd: Path, env: dict[str, str], marker: str) -> tuple[str, float]:
+    """Run `cmd` like `sh`, reading its output as it comes: (the output, the seconds from the start until the
+    first line containing `marker`)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, seen = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        if seen is None and marker in line:
+            seen = time.perf_counter() - start
+    output = "".join(lines)
+    if proc.wait():
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
+    if seen is None:
+        raise SystemExit(f"{' '.join(cmd)} never printed {marker!r}:\n{output[-3000:]}")
+    return output, seen
+
+
 def stage_runs(outputs: list[str]) -> collections.Counter:
     return collections.Counter(s for out in outputs for s in re.findall(r"Running stage '([^']+)'", out))
 
@@ -76,34 +98,54 @@ def point(layers: object, lr: object, metrics: Mapping[str, object]) -> tuple:
     return int(layers), float(lr), *(round(float(metrics[key]), 4) for key in RESULTS)
 
 
-def floor(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+class Outcome(NamedTuple):
+    """What one way did: its wall time (its commands, not the benchmark's reading of their results), its
+    points, how many times it computed the upstream, and the seconds it took after the upstream was ready (its
+    points phase; None for a way that recomputes the upstream for every point)."""
+
+    seconds: float
+    points: list[tuple]
+    upstream_runs: int
+    points_seconds: float | None
+
+
+def floor(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
+    start = time.perf_counter()
     out = sh([sys.executable, str(PEERS / "floor.py"), "--layers", ",".join(grid[0]), "--lr", ",".join(grid[1])],
              root, env)  # fmt: skip
+    seconds = time.perf_counter() - start
     (result,) = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("FLOOR ")]
-    return [point(p["layers"], p["lr"], p) for p in result["points"]], 1
+    return Outcome(seconds, [point(p["layers"], p["lr"], p) for p in result["points"]], 1, result["points_s"])
 
 
-def dvc_exp_loop(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+def dvc_exp_loop(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
+    start = time.perf_counter()
     outputs, points = [sh(["dvc", "repro", "train-head"], root, env)], []
+    ready = time.perf_counter()
     for layers in grid[0]:
         for lr in grid[1]:
             outputs.append(sh(["dvc", "exp", "run", "-S", f"unfreeze.layers={layers}", "-S", f"finetune.lr={lr}",
                                "-S", "tracking.sweep=bench-loop"], root, env))  # fmt: skip
             metrics = json.loads((root / "metrics/finetune.json").read_text())
             points.append(point(layers, lr, metrics))
-    return points, stage_runs(outputs)["train-head"]
+    end = time.perf_counter()
+    return Outcome(end - start, points, stage_runs(outputs)["train-head"], end - ready)
 
 
-def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
+def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
+    start = time.perf_counter()
     out = sh([sys.executable, str(PEERS / "hydra_multirun.py"), "-m", f"unfreeze.layers={','.join(grid[0])}",
               f"finetune.lr={','.join(grid[1])}"], root, env)  # fmt: skip
     found = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("PEER_POINT ")]
-    return [point(p["layers"], p["lr"], p) for p in found], len(found)
+    return Outcome(time.perf_counter() - start, [point(p["layers"], p["lr"], p) for p in found], len(found), None)
 
 
-def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple], int]:
-    out = sh([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
-              f"finetune.lr={','.join(grid[1])}", "sweep.id=bench"], root, env)  # fmt: skip
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
+    start = time.perf_counter()
+    out, ready = sh_marked([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
+                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench"], root, env,
+                           "warm-up: done in")  # fmt: skip
+    seconds = time.perf_counter() - start  # before the MLflow import and queries below, which only read results
     logs = [p.read_text() for p in (root / "multirun/bench").glob("*/dvc-exp-run.log")]
     from mlflow.tracking import MlflowClient
 
@@ -111,11 +153,11 @@ def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> tuple[list[tuple]
     experiment = client.get_experiment_by_name("thaw")
     runs = client.search_runs([experiment.experiment_id], "tags.`thaw.sweep` = 'bench'")
     points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return [point(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"], r.data.metrics)
-            for r in points], stage_runs([out, *logs])["train-head"]  # fmt: skip
+    return Outcome(seconds, [point(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"], r.data.metrics)
+                             for r in points], stage_runs([out, *logs])["train-head"], seconds - ready)  # fmt: skip
 
 
-Way = Callable[[Path, dict[str, str], Grid], tuple[list[tuple], int]]
+Way = Callable[[Path, dict[str, str], Grid], Outcome]
 WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way)
     "floor": ("floor (one process, upstream once)", floor),
     "loop": ("dvc exp loop (warm-up, then dvc exp run per point)", dvc_exp_loop),
@@ -137,18 +179,17 @@ def conf_for(data: Path | None, smoke: bool, finetune_epochs: int | None = None)
 
 
 def run_way(base: Path, size: str, key: str, data: Path | None, grid: Grid, smoke: bool,
-            finetune_epochs: int | None) -> tuple[float, list[tuple], int]:  # fmt: skip
-    """One way, from scratch in a fresh copy of the project: (seconds, its points sorted, upstream runs)."""
+            finetune_epochs: int | None) -> Outcome:  # fmt: skip
+    """One way, from scratch in a fresh copy of the project: what it did, its points sorted."""
     name, way = WAYS[key]
     root = base / f"{size}-{key}"
     root.mkdir()
     env = make_tiny_project(root, conf_for(data, smoke, finetune_epochs))
-    start = time.perf_counter()
-    points, upstream_runs = way(root, env, grid)
-    seconds = time.perf_counter() - start
+    outcome = way(root, env, grid)
     shutil.rmtree(root, ignore_errors=True)
-    print(f"# {size}: {name}: {seconds:.1f} s, points {sorted(points)}", flush=True)
-    return seconds, sorted(points), upstream_runs
+    after = "" if outcome.points_seconds is None else f" ({outcome.points_seconds:.1f} s after the warm-up)"
+    print(f"# {size}: {name}: {outcome.seconds:.1f} s{after}, points {sorted(outcome.points)}", flush=True)
+    return outcome._replace(points=sorted(outcome.points))
 
 
 def run_order(keys: list[str], repeat: int) -> list[str]:
@@ -166,12 +207,14 @@ def spread(values: list[float]) -> str:
     return f"{interval.mean:.1f} [{interval.low:.1f}, {interval.high:.1f}]"
 
 
-def table_rows(size: str, seconds: dict[str, list[float]], points: dict[str, list[list[tuple]]],
-               upstream: dict[str, int]) -> list[str]:  # fmt: skip
+def table_rows(size: str, outcomes: dict[str, list[Outcome]]) -> list[str]:
     """One row per way: its mean time (and interval), its ratio to the floor's mean, and, paired repeat by
-    repeat with thaw's sweep, how much longer it took and in how many repeats thaw was faster."""
+    repeat with thaw's sweep, how much longer it took and in how many repeats thaw was faster; then its time
+    after the upstream was ready (where the ways that cache it differ), how many times it computed the
+    upstream, and whether its results equal the floor's in every repeat."""
+    seconds = {key: [o.seconds for o in done] for key, done in outcomes.items()}
     floor_s = statistics.fmean(seconds["floor"])
-    floor_points = points["floor"][0]
+    floor_points = outcomes["floor"][0].points
     rows = []
     for key, times in seconds.items():
         if key in ("floor", "thaw") or "thaw" not in seconds:
@@ -180,10 +223,12 @@ def table_rows(size: str, seconds: dict[str, list[float]], points: dict[str, lis
             differences = [way - thaw for way, thaw in zip(times, seconds["thaw"], strict=True)]
             minus_thaw = spread(differences)
             faster = f"{sum(d > 0 for d in differences)} of {len(differences)}"
-        same = "yes" if all(found == floor_points for found in points[key]) else "NO"
+        after = [o.points_seconds for o in outcomes[key]]
+        points_phase = "-" if None in after else spread(after)
+        same = "yes" if all(o.points == floor_points for o in outcomes[key]) else "NO"
         rows.append(f"| {size} | {len(floor_points)} | {WAYS[key][0]} | {len(times)} | {spread(times)} | "
-                    f"{statistics.fmean(times) / floor_s:.2f} | {minus_thaw} | {faster} | {upstream[key]} | "
-                    f"{same} |")  # fmt: skip
+                    f"{statistics.fmean(times) / floor_s:.2f} | {minus_thaw} | {faster} | {points_phase} | "
+                    f"{outcomes[key][-1].upstream_runs} | {same} |")  # fmt: skip
     return rows
 
 
@@ -193,15 +238,11 @@ def measure(base: Path, size: str, grid: Grid, smoke: bool, finetune_epochs: int
     if size != "default":
         data = base / f"x{size}.npz"
         write_npz(data, int(size))
-    seconds: dict[str, list[float]] = {key: [] for key in keys}
-    points: dict[str, list[list[tuple]]] = {key: [] for key in keys}
-    upstream: dict[str, int] = {}
+    outcomes: dict[str, list[Outcome]] = {key: [] for key in keys}
     for repeat in range(repeats):
         for key in run_order(keys, repeat):
-            took, found, upstream[key] = run_way(base, size, key, data, grid, smoke, finetune_epochs)
-            seconds[key].append(took)
-            points[key].append(found)
-    return table_rows(size, seconds, points, upstream)
+            outcomes[key].append(run_way(base, size, key, data, grid, smoke, finetune_epochs))
+    return table_rows(size, outcomes)
 
 
 def main() -> None:
@@ -234,9 +275,10 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     print(
         "\n| rows | points | way | runs | wall time (s), mean [95 % interval] | ratio to floor | its time minus "
-        "thaw's (s), paired by run | thaw faster in | upstream computed (times) | same results as floor |"
+        "thaw's (s), paired by run | thaw faster in | after the upstream was ready (s) | upstream computed (times) "
+        "| same results as floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if any(row.endswith("| NO |") for row in rows):  # the ways must compute the same thing to be compared
         raise SystemExit("a way's results differ from the floor's: its timing compares different work")

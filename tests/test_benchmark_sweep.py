@@ -10,7 +10,7 @@ import pytest
 from tiny_project import TINY_CONF, benchmark_smoke
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from sweep import conf_for, run_order, table_rows
+from sweep import WAYS, Outcome, conf_for, run_order, table_rows
 
 
 @pytest.mark.slow
@@ -39,22 +39,26 @@ def test_the_ways_order_rotates_so_none_always_runs_first() -> None:
 
 def test_repeats_give_means_intervals_and_paired_differences_to_thaw() -> None:
     same = [(2, 0.001, 0.5, 0.5, 1.0)]
-    seconds = {"floor": [100.0, 110.0, 90.0], "loop": [130.0, 125.0, 112.0], "thaw": [120.0, 126.0, 102.0]}
-    rows = table_rows("50000", seconds, {key: [same] * 3 for key in seconds}, {"floor": 1, "loop": 1, "thaw": 1})
+    seconds = {"floor": [100.0, 110.0, 90.0], "loop": [130.0, 125.0, 112.0], "hydra": [150.0, 151.0, 149.0],
+               "thaw": [120.0, 126.0, 102.0]}  # fmt: skip
+    after = {"floor": [40.0, 50.0, 45.0], "loop": [70.0, 60.0, 65.0], "hydra": [None] * 3, "thaw": [55.0] * 3}
+    outcomes = {key: [Outcome(s, same, 1, a) for s, a in zip(seconds[key], after[key], strict=True)] for key in seconds}
+    rows = table_rows("50000", outcomes)
     cells = {row.split(" | ")[2]: row.strip("| ").split(" | ") for row in rows}
-    floor, loop, thaw = (cells[name] for name in ("floor (one process, upstream once)",
-                                                  "dvc exp loop (warm-up, then dvc exp run per point)",
-                                                  "thaw sweep (Hydra + DVC cache, 2 jobs)"))  # fmt: skip
+    floor, loop, hydra, thaw = (cells[WAYS[key][0]] for key in ("floor", "loop", "hydra", "thaw"))
     assert floor[3:6] == ["3", "100.0 [75.2, 124.8]", "1.00"]
     assert loop[5] == "1.22" and thaw[5] == "1.16"
     # loop minus thaw, run by run: 10, -1, 10 -> mean 6.3; thaw was faster in two of three
     assert loop[6].startswith("6.3 [") and loop[7] == "2 of 3"
     assert floor[6:8] == thaw[6:8] == ["-", "-"]
-    assert all(row.endswith("| yes |") for row in rows)
+    # after the upstream was ready: mean and interval, none for a way that recomputes it for every point
+    assert floor[8] == "45.0 [32.6, 57.4]" and thaw[8] == "55.0 [55.0, 55.0]" and hydra[8] == "-"
+    assert all(row.endswith("| 1 | yes |") for row in rows)
 
 
 def test_a_way_whose_results_differ_in_any_repeat_is_marked() -> None:
     same, other = [(2, 0.001, 0.5, 0.5, 1.0)], [(2, 0.001, 0.5, 0.5, 1.1)]
-    rows = table_rows("300", {"floor": [1.0, 1.0], "thaw": [2.0, 2.0]},
-                      {"floor": [same, same], "thaw": [same, other]}, {"floor": 1, "thaw": 1})  # fmt: skip
+    outcomes = {"floor": [Outcome(1.0, same, 1, 0.5)] * 2,
+                "thaw": [Outcome(2.0, same, 1, 1.0), Outcome(2.0, other, 1, 1.0)]}  # fmt: skip
+    rows = table_rows("300", outcomes)
     assert rows[0].endswith("| yes |") and rows[1].endswith("| NO |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +311,9 @@ class SweepCallback(Callback):
         if config.sweep.warm_up:
             # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
             log.info("warm-up: dvc repro train-head")
+            start = time.perf_counter()
             subprocess.run(["dvc", "repro", "train-head"], cwd=root, check=True)
+            log.info("warm-up: done in %.1f s", time.perf_counter() - start)
         if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
             log.info("dvc push --run-cache (to the DVC remote)")
             subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
