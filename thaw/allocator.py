@@ -25,7 +25,7 @@ M_TOP_PAD = -2  # glibc's malloc.h: how much extra a heap grows by, and keeps fr
 # 50,000 rows at 32x32: 26.6 / 0.72 / 0.38 million faults, 145 / 78 / 77 s, 934 / 1,002 / 1,158 MiB;
 # 1,000 rows at 160x160 with MobileNetV2: 6.0 / 2.6-2.9 / 1.4-1.7 million, 1,242-1,282 / 1,295-1,341 /
 # 1,376-1,471 MiB. 32 MiB keeps the speed and leaves the 160x160 fine-tune room under its 1.5 GB budget; 64 MiB,
-# padded in each of the threads' heaps, came within 1 % of it.
+# padded in each of the threads' heaps, went over it (benchmarks/large_data.py: 1,462 MiB at 1,000 rows).
 TOP_PAD = 32 << 20
 
 

@@ -14,6 +14,7 @@ a shared DVC remote and tracking server: see the README's "Sweeps across machine
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -88,8 +89,9 @@ def run_point(
         steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
                  ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != slots.ENV}
-    if compute_slots and (repo / ".dvc").is_dir():  # elsewhere DVC's own error below names the problem
-        env[slots.ENV] = str(slots.make_slots(repo, compute_slots))
+    if compute_slots:
+        with contextlib.suppress(FileNotFoundError):  # not a DVC project: DVC's own error below names the problem
+            env[slots.ENV] = str(slots.make_slots(repo, compute_slots))
     log.info("%s: %s (in %s)", name, " ".join(overrides) or "(baseline)", repo)
     with open(log_file, "w", encoding="utf-8") as out:
         for cmd in steps:
