@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "normalized", "base", "out", "flow")
-    from thaw import model, training  # TensorFlow: only once the config is known good
+    stage.import_tensorflow()  # only once the config is known good
+    from thaw import model, training
 
     data = shards.open_dataset(args.normalized)
     pixels = data.array

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "model", "normalized", "head_history", "out", "history", "metrics",
                                "confusion", "flow")  # fmt: skip
-    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+    stage.import_tensorflow()  # only once the config is known good
+    from thaw import model, training, transfer
 
     finetune = params.finetune
     if finetune.lr >= params.train_head.lr:

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "input", "out", "metrics")
-    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+    stage.import_tensorflow()  # only once the config is known good
+    from thaw import model, training, transfer
 
     base_params, image_size = params.base, params.data.image_size
     inputs.check_fingerprint(artifacts.read_json(args.input), base_params.path, args.input)

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "features", "base", "head", "model", "layers", "history", "metrics",
                                "flow")  # fmt: skip
-    from thaw import model, training, transfer  # TensorFlow: only once the config is known good
+    stage.import_tensorflow()  # only once the config is known good
+    from thaw import model, training, transfer
 
     head_params = params.train_head
     data = shards.open_dataset(args.features)

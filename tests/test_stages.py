@@ -183,6 +183,40 @@ def test_run_turns_a_user_error_into_exit_status_2(caplog: pytest.LogCaptureFixt
         stage.run(buggy, [])
 
 
+def test_import_tensorflow_leaves_out_keras_extras_only_while_keras_loads():
+    """The training stages' TensorFlow import skips Keras' optional integrations (pandas, scikit-learn,
+    matplotlib), which then import as usual; one already imported stays as it was."""
+    code = textwrap.dedent("""
+        import sys
+        from thaw import stage
+        stage.import_tensorflow()
+        assert {"keras", "tensorflow"} <= set(sys.modules)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in stage.KERAS_EXTRAS)
+        assert not loaded, loaded
+        import matplotlib.pyplot, pandas, sklearn.datasets  # still there for the stages that use them
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+    already = (
+        "import pandas, sys; from thaw import stage; stage.import_tensorflow(); assert sys.modules['pandas'] is pandas"
+    )
+    proc = subprocess.run([sys.executable, "-c", already], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_training_stages_import_tensorflow_through_import_tensorflow():
+    """Every stage that runs a network imports TensorFlow the lean way, before any `thaw` module that loads it."""
+    for name, entry in dvc_stages().items():
+        module = stage_module(entry)
+        source = module_file(module).read_text(encoding="utf-8")
+        heavy = {"thaw.model", "thaw.training", "thaw.transfer"} & thaw_imports(module_file(module))
+        if heavy:
+            assert "stage.import_tensorflow()" in source, name
+            assert source.index("stage.import_tensorflow()") < source.index("from thaw import model"), name
+
+
 # --- the light stages as real processes ----------------------------------------------------------------------------
 
 ROWS = 100

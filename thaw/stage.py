@@ -40,6 +40,32 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> tuple[arg
 QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
+# Keras 3 imports these at start-up whenever they are installed, for integrations no stage uses (pandas
+# inputs, scikit-learn wrappers, matplotlib image galleries), each behind `except ImportError`. They are in
+# the environment for other stages (report draws with matplotlib, MLflow needs pandas, the default data comes
+# from scikit-learn), and cost a training stage about 2.2 of its 8-9 s TensorFlow import on 2 cores
+# (`python -X importtime`; benchmarks/stage_costs.py). No Keras setting turns them off, hence hiding them.
+KERAS_EXTRAS = ("sklearn", "pandas", "matplotlib")
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras for a training stage without Keras' optional integrations (KERAS_EXTRAS).
+
+    They are hidden only while Keras loads and stay importable afterwards (Keras then treats them as absent:
+    no `keras.wrappers.SKLearnClassifier`, no DataFrame inputs). A module already imported is left alone.
+    """
+    hidden = [name for name in KERAS_EXTRAS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # `import name` raises ImportError, the path Keras guards
+    try:
+        import keras  # noqa: F401  (imports TensorFlow, its backend)
+        import tensorflow  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
+
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback."""
     for key, value in QUIET_TENSORFLOW.items():
