@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -91,6 +92,38 @@ def test_in_a_sweeps_point_the_stage_holds_the_slot_the_environment_names(projec
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(folder / "0.lock", "a+b") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
+
+
+def test_the_release_is_logged_before_the_next_holder_can_take_the_slot(project, caplog):
+    # Logged after the unlock, a waiting process's "training in" line could be stamped before the holder's
+    # "released" line, and a sweep's logs would read as two points training at once (seen in CI).
+    folder = make_slots(project, 1)
+
+    def still_held() -> bool:
+        with open(folder / "0.lock", "a+b") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return False
+
+    held_at_release: list[bool] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("released compute slot"):
+                held_at_release.append(still_held())
+
+    probe = Probe()
+    logging.getLogger("thaw.slots").addHandler(probe)
+    try:
+        with caplog.at_level(logging.INFO, logger="thaw.slots"), compute_slot(folder):
+            pass
+    finally:
+        logging.getLogger("thaw.slots").removeHandler(probe)
+    assert held_at_release == [True]
+    assert not still_held()
 
 
 def test_slots_are_made_per_project_and_count(project):

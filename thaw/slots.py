@@ -80,10 +80,12 @@ def compute_slot(folder: str | Path | None) -> Iterator[float]:
         try:
             yield waited
         finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
+            # Logged before the unlock, so that the next holder's "training in" line can never be stamped
+            # earlier than this one (logged after, two processes raced: a sweep's log read as an overlap).
             log.info(
                 "released compute slot %s after %.1f s", Path(held.name).stem, time.perf_counter() - start - waited
             )
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 def _take_free(files: Sequence[BinaryIO]) -> BinaryIO | None:
