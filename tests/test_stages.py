@@ -206,6 +206,48 @@ def test_import_tensorflow_leaves_out_keras_extras_only_while_keras_loads():
     assert proc.returncode == 0, proc.stderr
 
 
+NATIVE_STDERR = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "I0000 00:00:1796173803.404579   22923 port.cc:153] oneDNN custom operations are on.\n",
+    "W0000 00:00:1796173803.5   22923 cpu_feature_guard.cc:10] a warning\n",
+    "E0000 00:00:1796173803.6   22923 node_def_util.cc:20] an error\n",
+    "a line of the program's own\n",
+]
+
+
+@pytest.mark.parametrize(("level", "kept"), [("0", [0, 1, 2, 3, 4]), ("1", [2, 3, 4]), ("2", [3, 4]),
+                                             ("3", [4]), ("junk", [0, 1, 2, 3, 4])])  # fmt: skip
+def test_native_stderr_keeps_the_absl_lines_at_or_above_tf_cpp_min_log_level(level, kept):
+    """What C++ writes to descriptor 2 during the TensorFlow import (TensorFlow's notices logged before its own
+    filter is set up) is filtered as TF_CPP_MIN_LOG_LEVEL says; everything else passes, in order."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from thaw import stage
+        print("before", file=sys.stderr)
+        with stage.quiet_native_stderr({level!r}):
+            for line in {NATIVE_STDERR!r}:
+                os.write(2, line.encode())
+        print("after", file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "".join(["before\n", *(NATIVE_STDERR[i] for i in kept), "after\n"])
+
+
+def test_native_stderr_still_shows_an_import_error_and_its_output():
+    code = textwrap.dedent("""
+        import os
+        from thaw import stage
+        with stage.quiet_native_stderr("3"):
+            os.write(2, b"loading a library failed: libfoo.so\\n")
+            raise ImportError("no module named foo")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("loading a library failed: libfoo.so\n")
+    assert "ImportError: no module named foo" in proc.stderr
+
+
 def test_the_training_stages_import_tensorflow_through_import_tensorflow():
     """Every stage that runs a network imports TensorFlow the lean way, before any `thaw` module that loads it."""
     for name, entry in dvc_stages().items():
