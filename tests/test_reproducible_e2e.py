@@ -54,14 +54,19 @@ def differing(a: str, b: str) -> list[str]:
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
-def machine_dependent(key: str, lock: dict) -> bool:
-    """Whether a lock entry is a file some training stage computed (an output of a stage other than
-    MACHINE_FREE's, a dependency on one, or a folder that holds one): the entries another kind of machine may
-    write other bits to."""
-    path = key.partition(": ")[2]
+def machine_dependent(keys: list[str], lock: dict) -> list[str]:
+    """The lock entries among `keys` that are files some training stage computed (an output of a stage other
+    than MACHINE_FREE's, a dependency on one, or a folder that holds one): the entries another kind of machine
+    may write other bits to."""
     trained = {out["path"] for name, body in lock["stages"].items() if name not in MACHINE_FREE
                for out in body.get("outs", [])}  # fmt: skip
-    return path in trained or any(path.startswith(f"{out}/") or out.startswith(f"{path}/") for out in trained)
+    return [key for key in keys if (path := key.partition(": ")[2]) in trained
+            or any(path.startswith(f"{out}/") or out.startswith(f"{path}/") for out in trained)]  # fmt: skip
+
+
+def recorded_kind() -> dict:
+    """The kind of machine that wrote the committed dvc.lock."""
+    return json.loads(LOCK_MACHINE.read_text())
 
 
 def test_a_cold_reproduction_writes_the_committed_dvc_lock(reproduction, tmp_path_factory) -> None:
@@ -70,15 +75,13 @@ def test_a_cold_reproduction_writes_the_committed_dvc_lock(reproduction, tmp_pat
     if produced == committed:
         return
     differ = differing(committed, produced)
-    recorded = json.loads(LOCK_MACHINE.read_text())
-    here = machine.kind()
+    recorded, here = recorded_kind(), machine.kind()
     if here == recorded:
         pytest.fail(f"a cold `dvc repro` disagrees with the committed dvc.lock at {differ} on the kind of machine "
                     "that wrote it: either an output is not byte-reproducible, or dvc.lock is stale (run `make "
                     "repro`, commit dvc.lock; if it was written on another kind of machine, record that kind with "
                     "`python -m thaw.machine > tests/lock_machine.json`)")  # fmt: skip
-    lock = yaml.safe_load(committed)
-    code_or_data = [key for key in differ if not machine_dependent(key, lock)]
+    code_or_data = sorted(set(differ) - set(machine_dependent(differ, yaml.safe_load(committed))))
     assert not code_or_data, (f"dvc.lock is stale at {code_or_data}: code, params, inputs or data stages differ, "
                               "whatever the machine (run `make repro` and commit dvc.lock)")  # fmt: skip
     # Another kind of machine (say which: the report shows it): its trained files may differ from the
@@ -96,7 +99,7 @@ def test_a_reproduction_leaves_git_status_clean(reproduction) -> None:
     entry by entry above)."""
     root, env = reproduction
     changed = [line[3:] for line in run(["git", "status", "--porcelain"], root, env).splitlines()]
-    other_kind = machine.kind() != json.loads(LOCK_MACHINE.read_text())
+    other_kind = machine.kind() != recorded_kind()
     assert changed == (["dvc.lock"] if other_kind and changed else []), changed
 
 

@@ -33,7 +33,7 @@ def kind(proc: Path = Path("/proc/cpuinfo"), sysfs: Path = Path("/sys/devices/sy
         "cpu": _cpu(proc),
         "caches": _caches(sysfs),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "libraries": {name: _version(name) for name in LIBRARIES if _version(name)},
+        "libraries": {name: version for name in LIBRARIES if (version := _version(name))},
     }
 
 
