@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thaw import artifacts, dataflow, shards, stage
+from thaw import artifacts, dataflow, imports, shards, stage
 from thaw.freezing import freeze
 from thaw.slots import sweep_slot
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "normalized", "base", "out", "flow")
-    stage.import_tensorflow()  # only once the config is known good
+    imports.import_tensorflow()  # only once the config is known good
     from thaw import model, training
 
     data = shards.open_dataset(args.normalized)
@@ -42,4 +42,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, warm="tensorflow")

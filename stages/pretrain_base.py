@@ -12,14 +12,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from thaw import artifacts, inputs, stage, store
+from thaw import artifacts, imports, inputs, stage, store
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "input", "out", "metrics")
-    stage.import_tensorflow()  # only once the config is known good
+    imports.import_tensorflow()  # only once the config is known good
     from thaw import model, training, transfer
 
     base_params, image_size = params.base, params.data.image_size
@@ -42,4 +42,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, warm="tensorflow")

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, shards, stage, store
+from thaw import artifacts, dataflow, imports, shards, stage, store
 from thaw.datasources import TEST
 from thaw.freezing import freeze, layer_table
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "features", "base", "head", "model", "layers", "history", "metrics",
                                "flow")  # fmt: skip
-    stage.import_tensorflow()  # only once the config is known good
+    imports.import_tensorflow()  # only once the config is known good
     from thaw import model, training, transfer
 
     head_params = params.train_head
@@ -51,4 +51,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, warm="tensorflow")

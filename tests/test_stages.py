@@ -188,10 +188,10 @@ def test_import_tensorflow_leaves_out_keras_extras_only_while_keras_loads():
     matplotlib), which then import as usual; one already imported stays as it was."""
     code = textwrap.dedent("""
         import sys
-        from thaw import stage
-        stage.import_tensorflow()
+        from thaw import imports
+        imports.import_tensorflow()
         assert {"keras", "tensorflow"} <= set(sys.modules)
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in stage.KERAS_EXTRAS)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in imports.KERAS_EXTRAS)
         assert not loaded, loaded
         import matplotlib.pyplot, pandas, sklearn.datasets  # still there for the stages that use them
         print("ok")
@@ -199,9 +199,7 @@ def test_import_tensorflow_leaves_out_keras_extras_only_while_keras_loads():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
 
-    already = (
-        "import pandas, sys; from thaw import stage; stage.import_tensorflow(); assert sys.modules['pandas'] is pandas"
-    )
+    already = "import pandas, sys; from thaw import imports; imports.import_tensorflow(); assert sys.modules['pandas'] is pandas"
     proc = subprocess.run([sys.executable, "-c", already], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
 
@@ -222,9 +220,9 @@ def test_native_stderr_keeps_the_absl_lines_at_or_above_tf_cpp_min_log_level(lev
     filter is set up) is filtered as TF_CPP_MIN_LOG_LEVEL says; everything else passes, in order."""
     code = textwrap.dedent(f"""
         import os, sys
-        from thaw import stage
+        from thaw import imports
         print("before", file=sys.stderr)
-        with stage.quiet_native_stderr({level!r}):
+        with imports.quiet_native_stderr({level!r}):
             for line in {NATIVE_STDERR!r}:
                 os.write(2, line.encode())
         print("after", file=sys.stderr)
@@ -237,8 +235,8 @@ def test_native_stderr_keeps_the_absl_lines_at_or_above_tf_cpp_min_log_level(lev
 def test_native_stderr_still_shows_an_import_error_and_its_output():
     code = textwrap.dedent("""
         import os
-        from thaw import stage
-        with stage.quiet_native_stderr("3"):
+        from thaw import imports
+        with imports.quiet_native_stderr("3"):
             os.write(2, b"loading a library failed: libfoo.so\\n")
             raise ImportError("no module named foo")
     """)
@@ -255,8 +253,8 @@ def test_the_training_stages_import_tensorflow_through_import_tensorflow():
         source = module_file(module).read_text(encoding="utf-8")
         heavy = {"thaw.model", "thaw.training", "thaw.transfer"} & thaw_imports(module_file(module))
         if heavy:
-            assert "stage.import_tensorflow()" in source, name
-            assert source.index("stage.import_tensorflow()") < source.index("from thaw import model"), name
+            assert "imports.import_tensorflow()" in source, name
+            assert source.index("imports.import_tensorflow()") < source.index("from thaw import model"), name
 
 
 # --- the light stages as real processes ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ POINT = ("unfreeze", "finetune")
 def use_project_code(root: Path) -> None:
     """Import `stages` and `thaw` from the project copy in `root`, not from wherever thaw is installed."""
     sys.path.insert(0, str(root))
-    from thaw.stage import QUIET_TENSORFLOW
+    from thaw.imports import QUIET_TENSORFLOW
 
     for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)  # as `thaw.stage.run` sets them for a stage process
