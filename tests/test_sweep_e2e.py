@@ -64,9 +64,13 @@ def test_hydra_grid_runs_upstream_once_and_every_point_through_dvc(project, grid
     logs = sorted((root / "multirun/grid").glob("*/dvc-exp-run.log"))
     assert len(logs) == 4
     for log in logs:
-        ran = stages_run(log.read_text())
+        text = log.read_text()
+        ran = stages_run(text)
         assert not set(ran) & set(UPSTREAM), (log, ran)
         assert "finetune" in ran and "track" in ran
+        # Warm starts: the point's finetune and track forked from the sweep's servers, not importing anew.
+        assert "forked from the sweep's tensorflow server" in text and "forked from the sweep's mlflow server" in text
+    assert grid_sweep.count("forked from the sweep's tensorflow server") == 3  # the warm-up's training stages
     assert "grid-0" in run(["dvc", "exp", "ls"], root, env)
 
 

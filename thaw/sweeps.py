@@ -297,17 +297,35 @@ def _summarize(
 
 
 class SweepCallback(Callback):
-    """Hydra callback of `thaw sweep`: before the jobs, warm the cache and open the sweep's parent run;
-    after them, log the summary."""
+    """Hydra callback of `thaw sweep`: before the jobs, start the warm-start servers, warm the cache and open
+    the sweep's parent run; after them, log the summary and stop the servers."""
+
+    def __init__(self) -> None:
+        self.servers: Any = None  # warmstart.Servers while the points run
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Hydra's joblib launcher pickles the callbacks with each job; the servers stay with this process.
+        return {**self.__dict__, "servers": None}
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        import os
         import subprocess
 
         from mlflow.tracking import MlflowClient
 
+        from thaw import warmstart
         from thaw.store import artifact_root, project_root, tracking_uri
 
         root = project_root()
+        if config.sweep.warm_start:
+            # The servers' folder goes to the warm-up's stages and, through the launcher's workers (started
+            # after this), to every point's; a point on another machine (a cluster) has none and runs cold.
+            start = time.perf_counter()
+            self.servers = warmstart.Servers()
+            ready = self.servers.wait_ready()
+            os.environ[warmstart.ENV] = str(self.servers.folder)
+            log.info("warm start: %s imported once, in %.1f s (%s)", " and ".join(ready) or "nothing",
+                     time.perf_counter() - start, self.servers.folder)  # fmt: skip
         if config.sweep.warm_up:
             # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
             log.info("warm-up: dvc repro train-head")
@@ -327,6 +345,9 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from thaw.store import project_root, tracking_uri
 
+        if self.servers is not None:  # the points are done; a crashed sweep's servers end with its process
+            self.servers.stop()
+            self.servers = None
         rows = summarize_sweep(tracking_uri(project_root()), config.tracking.experiment, config.sweep.id,
                                config.sweep.objective, config.tracking.registered_model)  # fmt: skip
         print(format_table(rows))

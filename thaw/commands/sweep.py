@@ -26,7 +26,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from thaw import config, slots, store
+from thaw import config, slots, store, warmstart
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_point(
         # found there download its outputs. --wait-for-lock: points sharing a clone take turns at its lock.
         steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
                  ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key != slots.ENV}
+    env = {key: value for key, value in warmstart.point_environment(dict(os.environ)).items() if key != slots.ENV}
     if compute_slots:
         with contextlib.suppress(FileNotFoundError):  # not a DVC project: DVC's own error below names the problem
             env[slots.ENV] = str(slots.make_slots(repo, compute_slots))
