@@ -52,7 +52,7 @@ KINDS = ("tensorflow", "mlflow")
 IMPORT_ENV = re.compile(r"^(TF_|TF2_|KERAS_|XLA_|CUDA_|OMP_|KMP_|MKL_|ONEDNN_|DNNL_|MALLOC_|LD_|PYTHON|MLFLOW_|"
                         r"GLIBC_TUNABLES$)")  # fmt: skip
 ENVIRONMENT = "environment.json"  # in the servers' folder: the import-time variables they were started with
-READY_S = 120.0  # how long `start` waits for a server's imports (about 3 s for TensorFlow on 2 cores)
+READY_S = 120.0  # how long `wait_ready` waits for a server's imports (about 3 s for TensorFlow on 2 cores)
 
 
 class Closable(Protocol):
