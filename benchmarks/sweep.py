@@ -10,7 +10,10 @@ The ways, each from scratch in its own fresh copy of the project (a temporary gi
 - hydra in-process: a lightning-hydra-template-style Hydra multirun, each job in one process, recomputing the
   whole pipeline (no cache) and logging to MLflow (`benchmarks/peers/hydra_multirun.py`);
 - thaw sweep: `thaw sweep -m ...` (the warm-up, then each point a cached DVC experiment in a temporary
-  workspace, 2 at a time, nested MLflow runs, the summary and the champion).
+  workspace, 2 at a time, its stages forked from warm-start servers, nested MLflow runs, the summary and
+  the champion);
+- thaw sweep, no warm start: the same with `sweep.warm_start=false` (thaw's own ablation: every stage
+  imports TensorFlow or MLflow itself).
 
 Prints each way's wall time, its ratio to the floor, its time after the upstream was ready (the points phase:
 the floor's, the loop's after its `dvc repro train-head`, thaw's after the sweep's warm-up; the floor's,
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import functools
 import json
 import re
 import shutil
@@ -140,10 +144,11 @@ def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
     return Outcome(time.perf_counter() - start, [point(p["layers"], p["lr"], p) for p in found], len(found), None)
 
 
-def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, warm_start: bool = True) -> Outcome:
     start = time.perf_counter()
     out, ready = sh_marked([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
-                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench"], root, env,
+                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench",
+                            f"sweep.warm_start={str(warm_start).lower()}"], root, env,
                            "warm-up: done in")  # fmt: skip
     seconds = time.perf_counter() - start  # before the MLflow import and queries below, which only read results
     logs = [p.read_text() for p in (root / "multirun/bench").glob("*/dvc-exp-run.log")]
@@ -163,6 +168,8 @@ WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way
     "loop": ("dvc exp loop (warm-up, then dvc exp run per point)", dvc_exp_loop),
     "hydra": ("hydra in-process multirun (no cache)", hydra_in_process),
     "thaw": ("thaw sweep (Hydra + DVC cache, 2 jobs)", thaw_sweep),
+    # thaw's own ablation: the same sweep with every stage importing TensorFlow and MLflow itself
+    "cold": ("thaw sweep, no warm start (sweep.warm_start=false)", functools.partial(thaw_sweep, warm_start=False)),
 }
 
 
