@@ -196,11 +196,15 @@ def test_hydra_sweep_over_seeds_reports_intervals_and_the_near_best(project, gri
     assert summary.tags["thaw.indistinguishable_from_best"].startswith(best)
 
 
-def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep):
+def test_dvc_queue_sweep_is_tracked_and_summarized(project, grid_sweep, tmp_path):
     root, env = project
     run(["dvc", "exp", "run", "--queue", "-S", "unfreeze.layers=0,1", "-S", "seed=42,9", "-S", "tracking.sweep=queued"],
         root, env)  # fmt: skip
-    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    # `dvc queue start` returns at once, but its detached workers inherit its output: a file here, not a pipe
+    # that `run` would read until the last worker exits (one outlived the empty queue by minutes, once).
+    with open(tmp_path / "queue-start.log", "w") as out:
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                       check=True, timeout=120)  # fmt: skip
     deadline = time.monotonic() + 600
     while True:
         status = run(["dvc", "queue", "status"], root, env)
