@@ -32,10 +32,15 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     return float(seconds), int(kib) // 1024
 
 
+def module_tree(module: str, root: Path) -> ast.Module:
+    """The parsed source of a stage module (`stages.finetune`) in the project at `root`."""
+    return ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+
+
 def stage_imports(module: str, root: Path) -> list[str]:
     """The stage module and every module it imports, at its top or inside `main` (the training stages import
     TensorFlow there, once their config is checked): `from thaw import model` names `thaw.model`."""
-    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+    tree = module_tree(module, root)
     names = [module]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -47,7 +52,7 @@ def stage_imports(module: str, root: Path) -> list[str]:
 
 def calls_import_tensorflow(module: str, root: Path) -> bool:
     """Whether the stage imports TensorFlow through `imports.import_tensorflow()` (the training stages do)."""
-    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+    tree = module_tree(module, root)
     return any(isinstance(node, ast.Attribute) and node.attr == "import_tensorflow" for node in ast.walk(tree))
 
 
@@ -188,7 +193,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 def starts_warm(module: str, root: Path) -> bool:
     """Whether the stage asks for a warm start (`stage.run(main, warm=...)`)."""
-    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+    tree = module_tree(module, root)
     return any(isinstance(node, ast.keyword) and node.arg == "warm" for node in ast.walk(tree))
 
 

@@ -76,6 +76,16 @@ def client(folder: Path | str, workdir: Path, *args: str, env: dict[str, str] | 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
 
 
+def sleeping_stage(servers: warmstart.Servers, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """A stage whose child sleeps, once the child is running: the stage's process and the child's pid."""
+    pidfile = workdir / "child.pid"
+    proc = client(servers.folder, workdir, "sleep", str(pidfile))
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc, int(pidfile.read_text())
+
+
 def gone(pid: int, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -110,12 +120,7 @@ def test_an_uncaught_exception_prints_its_traceback_and_exits_1(servers, workdir
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
 def test_stopping_the_stage_stops_its_child_and_the_stage_ends_as_it_did(servers, workdir, how):
-    pidfile = workdir / "child.pid"
-    proc = client(servers.folder, workdir, "sleep", str(pidfile))
-    deadline = time.monotonic() + 60
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = int(pidfile.read_text())
+    proc, child = sleeping_stage(servers, workdir)
     proc.send_signal(how)
     proc.communicate(timeout=60)
     assert gone(child)
@@ -125,14 +130,10 @@ def test_stopping_the_stage_stops_its_child_and_the_stage_ends_as_it_did(servers
 
 
 def test_a_killed_stage_takes_its_child_with_it(servers, workdir):
-    pidfile = workdir / "child.pid"
-    proc = client(servers.folder, workdir, "sleep", str(pidfile))
-    deadline = time.monotonic() + 60
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc, child = sleeping_stage(servers, workdir)
     proc.kill()
     proc.wait(timeout=10)
-    assert gone(int(pidfile.read_text()))
+    assert gone(child)
 
 
 def test_another_import_environment_runs_in_its_own_process(servers, workdir):

@@ -346,8 +346,13 @@ class SweepCallback(Callback):
         from thaw.store import project_root, tracking_uri
 
         if self.servers is not None:  # the points are done; a crashed sweep's servers end with its process
+            import os
+
+            from thaw import warmstart
+
             self.servers.stop()
             self.servers = None
+            os.environ.pop(warmstart.ENV, None)
         rows = summarize_sweep(tracking_uri(project_root()), config.tracking.experiment, config.sweep.id,
                                config.sweep.objective, config.tracking.registered_model)  # fmt: skip
         print(format_table(rows))
