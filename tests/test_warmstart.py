@@ -151,6 +151,31 @@ def test_no_server_means_its_own_process(workdir):
     assert json.loads(out)["pid"] == proc.pid
 
 
+def test_a_stage_that_asks_before_the_server_is_ready_waits_for_its_imports(workdir):
+    started = warmstart.Servers(kinds=("mlflow",))  # MLflow's import takes the server a second or more
+    try:
+        proc = client(started.folder, workdir, "report", "0")  # at once: the socket is not there yet
+        assert not warmstart.socket_path(started.folder, "mlflow").exists()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "forked from the sweep's mlflow server" in err and json.loads(out)["pid"] != proc.pid
+    finally:
+        started.stop()
+
+
+def test_a_server_that_dies_while_importing_leaves_its_stages_to_their_own_processes(workdir):
+    started = warmstart.Servers(kinds=("mlflow",))
+    try:
+        started.procs["mlflow"].kill()  # SIGKILL mid-import: no cleanup runs, the kernel drops its lock
+        proc = client(started.folder, workdir, "report", "0")
+        out, err = proc.communicate(timeout=60)  # not READY_S: a dead server is not waited for
+        assert proc.returncode == 0, err
+        assert "in its own process" in err and json.loads(out)["pid"] == proc.pid
+        assert started.wait_ready(timeout=5) == []
+    finally:
+        started.stop()
+
+
 def test_the_servers_end_with_the_process_that_started_them(tmp_path):
     sweep = subprocess.Popen(
         [sys.executable, "-c", "from thaw import warmstart; import json, time; s = warmstart.Servers(('mlflow',)); "

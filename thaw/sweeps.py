@@ -320,18 +320,21 @@ class SweepCallback(Callback):
         if config.sweep.warm_start:
             # The servers' folder goes to the warm-up's stages and, through the launcher's workers (started
             # after this), to every point's; a point on another machine (a cluster) has none and runs cold.
-            start = time.perf_counter()
+            # Their imports overlap the warm-up's first stages; a training stage that comes early waits for them.
+            started = time.time()
             self.servers = warmstart.Servers()
-            ready = self.servers.wait_ready()
             os.environ[warmstart.ENV] = str(self.servers.folder)
-            log.info("warm start: %s imported once, in %.1f s (%s)", " and ".join(ready) or "nothing",
-                     time.perf_counter() - start, self.servers.folder)  # fmt: skip
         if config.sweep.warm_up:
             # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
             log.info("warm-up: dvc repro train-head")
-            start = time.perf_counter()
+            start_up = time.perf_counter()
             subprocess.run(["dvc", "repro", "train-head"], cwd=root, check=True)
-            log.info("warm-up: done in %.1f s", time.perf_counter() - start)
+            log.info("warm-up: done in %.1f s", time.perf_counter() - start_up)
+        if self.servers is not None:
+            ready = self.servers.wait_ready()
+            seconds = max((self.servers.ready_at(kind) - started for kind in ready), default=0.0)
+            log.info("warm start: %s imported once, in %.1f s (%s)", " and ".join(ready) or "nothing", seconds,
+                     self.servers.folder)  # fmt: skip
         if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
             log.info("dvc push --run-cache (to the DVC remote)")
             subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)

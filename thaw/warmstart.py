@@ -67,6 +67,38 @@ def socket_path(folder: str | Path, kind: str) -> Path:
     return Path(folder) / f"{kind}.sock"
 
 
+def starting_path(folder: str | Path, kind: str) -> Path:
+    """A file `flock`ed while the `kind` server imports: by the sweep from before the server starts, then by the
+    server alone until its socket accepts. The kernel drops the lock when the server ends, however it ends."""
+    return Path(folder) / f"{kind}.starting"
+
+
+def wait_for_server(folder: str | Path, kind: str, timeout: float = READY_S) -> bool:
+    """Wait while the `kind` server of `folder` is still importing; True once its socket exists. A sweep starts
+    its servers and its warm-up together, so the warm-up's first training stage may come before they are ready:
+    it waits for the imports under way rather than paying for its own."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while not socket_path(folder, kind).exists():
+        try:
+            marker = open(starting_path(folder, kind), "rb")  # noqa: SIM115  (closed below, each round)
+        except FileNotFoundError:
+            return False  # no such server was started
+        with marker:
+            try:
+                fcntl.flock(marker, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # held: the server is still importing
+            else:
+                return socket_path(folder, kind).exists()  # free: the server is ready, or it failed
+        if time.monotonic() > deadline:
+            log.info("warm start: the %s server was not ready in %.0f s", kind, timeout)
+            return False
+        time.sleep(0.05)
+    return True
+
+
 # --- the stage's side -------------------------------------------------------------------------------------
 
 
@@ -75,6 +107,8 @@ def delegate(folder: str | Path, kind: str, module: str, argv: Sequence[str]) ->
     exit status (negative: the signal that ended it), or None, having run nothing, where no server of that
     kind answers or it refuses this process (another Python, another import-time environment)."""
     path = socket_path(folder, kind)
+    if not wait_for_server(folder, kind):
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(str(path))
@@ -163,8 +197,9 @@ def preload(kind: str) -> None:
         del sys.modules[name]
 
 
-def serve(path: Path, kind: str, parent: int) -> None:
-    """Serve stages at socket `path` until process `parent` (the sweep) ends."""
+def serve(path: Path, kind: str, parent: int, starting: int | None = None) -> None:
+    """Serve stages at socket `path` until process `parent` (the sweep) ends; close descriptor `starting` (the
+    lock that says this server is importing) once the socket accepts."""
     before = dict(os.environ)
     preload(kind)
     # What the imports set in the environment (TensorFlow sets TF2_BEHAVIOR), as a fresh stage's would.
@@ -179,6 +214,8 @@ def serve(path: Path, kind: str, parent: int) -> None:
     listener.bind(str(tmp))
     listener.listen(64)
     tmp.rename(path)  # the socket appears only once it accepts: its existence means ready
+    if starting is not None:
+        os.close(starting)  # the last holder of the starting lock: waiting stages go on to the socket
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -331,16 +368,27 @@ def run_child(request: dict, imported: dict[str, str], fds: Sequence[int], inher
 
 class Servers:
     """The warm-start servers of one sweep: started together, ready when `wait_ready` returns, stopped by
-    `stop` (or when the process that started them ends)."""
+    `stop` (or when the process that started them ends). Stages may ask before they are ready: each waits for
+    its server's imports (`wait_for_server`)."""
 
     def __init__(self, kinds: Sequence[str] = KINDS, env: dict[str, str] | None = None) -> None:
         """Start a server of each kind in `env` (default: this process's environment), the environment its
         stages will have: a stage whose import-time variables differ is not served."""
+        import fcntl
+
         self.folder = Path(tempfile.mkdtemp(prefix="thaw-warm-"))  # private (0700) and short: socket paths are
         (self.folder / ENVIRONMENT).write_text(json.dumps(import_env(dict(os.environ if env is None else env))))
-        self.procs = {kind: subprocess.Popen(  # limited to about 100 characters
-            [sys.executable, "-m", "thaw.warmstart", "--socket", str(socket_path(self.folder, kind)), "--kind", kind,
-             "--parent", str(os.getpid())], stdin=subprocess.DEVNULL, env=env) for kind in kinds}  # fmt: skip
+        self.procs: dict[str, subprocess.Popen] = {}  # limited to about 100 characters
+        for kind in kinds:
+            # Locked before the server exists and handed to it, so that no stage finds the marker unlocked
+            # (and the server not ready) in between: a stage waits from the first moment.
+            with open(starting_path(self.folder, kind), "wb") as starting:
+                fcntl.flock(starting, fcntl.LOCK_EX)
+                self.procs[kind] = subprocess.Popen(
+                    [sys.executable, "-m", "thaw.warmstart", "--socket", str(socket_path(self.folder, kind)),
+                     "--kind", kind, "--parent", str(os.getpid()), "--starting-fd", str(starting.fileno())],
+                    stdin=subprocess.DEVNULL, env=env, pass_fds=[starting.fileno()],
+                )  # fmt: skip
 
     def wait_ready(self, timeout: float = READY_S) -> list[str]:
         """Wait until every server accepts stages; return the kinds that do (a failed server is logged and
@@ -361,6 +409,10 @@ class Servers:
                         kind, timeout)  # fmt: skip
         return [k for k in self.procs if socket_path(self.folder, k).exists()]
 
+    def ready_at(self, kind: str) -> float:
+        """When the `kind` server began to accept stages (the time.time() of its socket's appearance)."""
+        return socket_path(self.folder, kind).stat().st_ctime  # the rename that publishes it sets the ctime
+
     def stop(self) -> None:
         for proc in self.procs.values():
             proc.terminate()
@@ -380,13 +432,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--parent", required=True, type=int, help="serve until this process ends")
+    parser.add_argument("--starting-fd", type=int, help="a locked file's descriptor, closed once serving")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `stop`: leave through serve's cleanup
     from thaw.imports import QUIET_TENSORFLOW
 
     for key, value in QUIET_TENSORFLOW.items():  # what stage.run sets before a stage imports anything
         os.environ.setdefault(key, value)
-    serve(args.socket, args.kind, args.parent)
+    serve(args.socket, args.kind, args.parent, args.starting_fd)
 
 
 if __name__ == "__main__":
