@@ -13,7 +13,9 @@ The ways, each from scratch in its own fresh copy of the project (a temporary gi
   workspace, 2 at a time, its stages forked from warm-start servers, nested MLflow runs, the summary and
   the champion);
 - thaw sweep, no warm start: the same with `sweep.warm_start=false` (thaw's own ablation: every stage
-  imports TensorFlow or MLflow itself).
+  imports TensorFlow or MLflow itself);
+- thaw sweep, training in turn: the same with `sweep.compute_slots=1` (the other ablation: one point trains
+  at a time while the other's DVC, imports and tracking overlap it).
 
 Prints each way's wall time, its ratio to the floor, its time after the upstream was ready (the points phase:
 the floor's, the loop's after its `dvc repro train-head`, thaw's after the sweep's warm-up; the floor's,
@@ -144,11 +146,10 @@ def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
     return Outcome(time.perf_counter() - start, [point(p["layers"], p["lr"], p) for p in found], len(found), None)
 
 
-def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, warm_start: bool = True) -> Outcome:
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, *overrides: str) -> Outcome:
     start = time.perf_counter()
     out, ready = sh_marked([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
-                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench",
-                            f"sweep.warm_start={str(warm_start).lower()}"], root, env,
+                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench", *overrides], root, env,
                            "warm-up: done in")  # fmt: skip
     seconds = time.perf_counter() - start  # before the MLflow import and queries below, which only read results
     logs = [p.read_text() for p in (root / "multirun/bench").glob("*/dvc-exp-run.log")]
@@ -168,9 +169,13 @@ WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way
     "loop": ("dvc exp loop (warm-up, then dvc exp run per point)", dvc_exp_loop),
     "hydra": ("hydra in-process multirun (no cache)", hydra_in_process),
     "thaw": ("thaw sweep (Hydra + DVC cache, 2 jobs)", thaw_sweep),
-    # thaw's own ablation: the same sweep with every stage importing TensorFlow and MLflow itself
-    "cold": ("thaw sweep, no warm start (sweep.warm_start=false)", functools.partial(thaw_sweep, warm_start=False)),
-}
+    # thaw's own ablations: the same sweep with every stage importing TensorFlow and MLflow itself; the same
+    # sweep with its points training in turn (one compute slot: the default until sweep.compute_slots became 0)
+    "cold": ("thaw sweep, no warm start (sweep.warm_start=false)",
+             functools.partial(thaw_sweep, "sweep.warm_start=false")),
+    "turns": ("thaw sweep, training in turn (sweep.compute_slots=1)",
+              functools.partial(thaw_sweep, "sweep.compute_slots=1")),
+}  # fmt: skip
 
 
 def conf_for(data: Path | None, smoke: bool, finetune_epochs: int | None = None) -> dict[str, dict]:

@@ -52,7 +52,7 @@ def grid_sweep(project) -> str:
     root, env = project
     return run(
         [sys.executable, "-m", "thaw.commands.sweep", "-m", "unfreeze.layers=0,1", "finetune.lr=1e-3,1e-4",
-         "sweep.id=grid", "hydra.launcher.n_jobs=2"],
+         "sweep.id=grid", "hydra.launcher.n_jobs=2", "sweep.compute_slots=1"],
         root, env,
     )  # fmt: skip
 

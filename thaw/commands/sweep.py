@@ -59,7 +59,7 @@ def run_point(
     experiment: str,
     log_file: Path,
     share_to: str | None = None,
-    compute_slots: int = 1,
+    compute_slots: int = 0,
 ) -> float:
     """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow.
 
