@@ -146,7 +146,7 @@ def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
     return Outcome(time.perf_counter() - start, [point(p["layers"], p["lr"], p) for p in found], len(found), None)
 
 
-def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, *overrides: str) -> Outcome:
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, overrides: tuple[str, ...] = ()) -> Outcome:
     start = time.perf_counter()
     out, ready = sh_marked([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
                             f"finetune.lr={','.join(grid[1])}", "sweep.id=bench", *overrides], root, env,
@@ -172,9 +172,9 @@ WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way
     # thaw's own ablations: the same sweep with every stage importing TensorFlow and MLflow itself; the same
     # sweep with its points training in turn (one compute slot: the default until sweep.compute_slots became 0)
     "cold": ("thaw sweep, no warm start (sweep.warm_start=false)",
-             functools.partial(thaw_sweep, "sweep.warm_start=false")),
+             functools.partial(thaw_sweep, overrides=("sweep.warm_start=false",))),
     "turns": ("thaw sweep, training in turn (sweep.compute_slots=1)",
-              functools.partial(thaw_sweep, "sweep.compute_slots=1")),
+              functools.partial(thaw_sweep, overrides=("sweep.compute_slots=1",))),
 }  # fmt: skip
 
 
