@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -250,6 +251,9 @@ def serve(path: Path, kind: str, parent: int, starting: int | None = None) -> No
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    # The sweep ended without stopping its servers (killed, or failed before its end callback): nothing uses
+    # their folder any more, and nobody else would remove it.
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def relay(conn: socket.socket, pid: int, selector: selectors.BaseSelector) -> None:
