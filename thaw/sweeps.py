@@ -332,7 +332,10 @@ class SweepCallback(Callback):
             log.info("warm-up: done in %.1f s", time.perf_counter() - start_up)
         if self.servers is not None:
             ready = self.servers.wait_ready()
-            seconds = max((self.servers.ready_at(kind) - started for kind in ready), default=0.0)
+            try:
+                seconds = max((self.servers.ready_at(kind) - started for kind in ready), default=0.0)
+            except FileNotFoundError:  # a server ended since it was ready: its stages import for themselves
+                seconds = float("nan")
             log.info("warm start: %s imported once, in %.1f s (%s)", " and ".join(ready) or "nothing", seconds,
                      self.servers.folder)  # fmt: skip
         if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
