@@ -123,3 +123,18 @@ def test_a_cluster_sweep_needs_the_ray_heads_address_given_explicitly() -> None:
     ):
         with pytest.raises(SystemExit, match=r"hydra\.launcher\.ray\.init\.address=HOST:6379"):
             check_cluster_address(args)
+
+
+@pytest.mark.parametrize("value", ["a,b", "", "../up", "with space", "-dash", "x/y", "choice(a,b)"])
+def test_a_sweep_id_must_be_one_name(value: str) -> None:
+    from thaw.commands.sweep import check_sweep_id
+
+    with pytest.raises(SystemExit, match=r"sweep\.id=.* is not a sweep name.*sweep\.id=depth-lr"):
+        check_sweep_id(["-m", "unfreeze.layers=0,1", f"sweep.id={value}"])
+
+
+def test_a_sweep_id_that_is_one_name_passes() -> None:
+    from thaw.commands.sweep import check_sweep_id
+
+    for value in ("20261204-134500", "depth-lr", "bench", "v1.2_b"):
+        check_sweep_id(["-m", f"sweep.id={value}"])

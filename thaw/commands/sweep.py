@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,8 +154,27 @@ def cli(argv: Sequence[str] | None = None) -> None:
     # (a `${now:}` interpolation would be resolved again in each launcher process).
     if not any(arg.startswith("sweep.id=") for arg in sys.argv[1:]):
         sys.argv.append(f"sweep.id={time.strftime('%Y%m%d-%H%M%S')}")
+    check_sweep_id(sys.argv[1:])
     check_cluster_address(sys.argv[1:])
     main()
+
+
+SWEEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_sweep_id(args: Sequence[str]) -> None:
+    """One sweep has one id, a name fit for a folder (multirun/<id>), a Git ref (<id>-<n>, the points' DVC
+    experiments) and an MLflow tag. Checked before Hydra parses it: `sweep.id=a,b` would be a sweep over two
+    ids, and the sweep's own config would then have none (OmegaConf's bare MissingMandatoryValue)."""
+    for arg in args:
+        if arg.startswith("sweep.id="):
+            value = arg.split("=", 1)[1]
+            if not SWEEP_ID.fullmatch(value):
+                raise SystemExit(
+                    f"thaw sweep: sweep.id={value!r} is not a sweep name: one name of letters, digits, '.', '_' "
+                    "and '-', starting with a letter or digit (e.g. sweep.id=depth-lr); to compare sweeps, run "
+                    "one per id"
+                )
 
 
 def check_cluster_address(args: Sequence[str]) -> None:
