@@ -395,23 +395,22 @@ class Servers:
                 )  # fmt: skip
 
     def wait_ready(self, timeout: float = READY_S) -> list[str]:
-        """Wait until every server accepts stages; return the kinds that do (a failed server is logged and
-        left out: its stages run in their own processes)."""
+        """Wait until every server accepts stages, as a stage does (`wait_for_server`), all within `timeout`;
+        return the kinds that do (a failed server is logged and left out: its stages run in their own
+        processes)."""
         deadline = time.monotonic() + timeout
-        pending = dict(self.procs)
-        while pending and time.monotonic() < deadline:
-            for kind, proc in list(pending.items()):
-                if socket_path(self.folder, kind).exists():
-                    del pending[kind]
-                elif proc.poll() is not None:
-                    log.warning("warm start: the %s server exited with status %s; its stages import it themselves",
-                                kind, proc.returncode)  # fmt: skip
-                    del pending[kind]
-            time.sleep(0.05)
-        for kind in pending:
-            log.warning("warm start: the %s server was not ready in %.0f s; its stages import it themselves",
-                        kind, timeout)  # fmt: skip
-        return [k for k in self.procs if socket_path(self.folder, k).exists()]
+        ready = [kind for kind in self.procs
+                 if wait_for_server(self.folder, kind, max(0.0, deadline - time.monotonic()))]  # fmt: skip
+        for kind, proc in self.procs.items():
+            if kind in ready:
+                continue
+            if proc.poll() is not None:
+                log.warning("warm start: the %s server exited with status %s; its stages import it themselves",
+                            kind, proc.returncode)  # fmt: skip
+            else:
+                log.warning("warm start: the %s server was not ready in %.0f s; its stages import it themselves",
+                            kind, timeout)  # fmt: skip
+        return ready
 
     def ready_at(self, kind: str) -> float:
         """When the `kind` server began to accept stages (the time.time() of its socket's appearance)."""
