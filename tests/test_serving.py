@@ -136,3 +136,15 @@ def test_requirements_pin_the_distribution_that_installed_each_import(monkeypatc
     del gpu["pandas"]
     with pytest.raises(RuntimeError, match="no installed distribution provides `pandas`"):
         serving.requirements()
+
+
+def test_defining_the_pyfunc_prints_no_advice_and_leaves_its_input_unchecked_by_mlflow():
+    """MLflow advises type hints on `predict` when the class is defined, in every `track` and every process that
+    loads the model; the hint given is one MLflow takes without building a schema or a validating wrapper."""
+    code = "import warnings; warnings.simplefilter('always'); import thaw.serving"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "type hint" not in proc.stderr.lower(), proc.stderr
+    from mlflow.pyfunc.utils.data_validation import _get_func_info_if_type_hint_supported
+
+    assert _get_func_info_if_type_hint_supported(serving.KerasImageClassifier.predict) is None

@@ -32,8 +32,9 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
         self.class_names = json.loads(Path(context.artifacts["class_names"]).read_text(encoding="utf-8"))
 
-    # No type hints here: MLflow would read them as a schema, which the signature already is.
-    def predict(self, context, model_input, params=None):
+    # `np.ndarray` is one of the input hints MLflow takes without deriving a schema (the signature is explicit);
+    # with no hint it prints advice to add one whenever the class is defined, in every `track` and every load.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> Any:
         import pandas as pd
 
         from thaw.datasources import normalize
