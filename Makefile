@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test tools
 
-repro: setup  ## run the pipeline (only what changed)
+repro: setup  ## run the pipeline (only what changed), then say how dvc.lock compares with the committed one
 	dvc repro
+	@thaw lockcheck
 
 test: setup  ## the whole suite, slow end-to-end tests included (what CI runs), one worker per core
 	python -m pytest -n auto --dist loadfile --durations=15

@@ -4,6 +4,7 @@
     thaw leaderboard --sweep depth-lr                           # rank a sweep's runs (thaw.commands.leaderboard)
     thaw compose base=random                                    # recompose params.yaml (thaw.commands.compose)
     thaw predict --model models:/thaw@champion --input photos/ --out predictions.csv
+    thaw lockcheck                                              # dvc.lock against the committed one
 
 Each subcommand is also `python -m thaw.commands.<name>`. Subcommands import their module only when run,
 so `thaw compose` never pays for MLflow or TensorFlow.
@@ -21,6 +22,7 @@ COMMANDS = {
     "leaderboard": ("thaw.commands.leaderboard", "main", "rank runs by (unfreeze.layers, finetune.lr) with intervals"),
     "compose": ("thaw.commands.compose", "main", "compose conf/ into params.yaml (after editing conf/)"),
     "predict": ("thaw.commands.predict", "main", "classify images with a model (models:/thaw@champion, a run, a file)"),
+    "lockcheck": ("thaw.commands.lockcheck", "main", "how dvc.lock compares with the committed one, and why"),
 }
 
 
