@@ -71,3 +71,14 @@ def test_the_command_prints_this_machines_kind_as_json_without_tensorflow():
                                         check=True).stdout.rstrip().rsplit("\n", 1)  # fmt: skip
     assert json.loads(printed) == machine.kind()
     assert tf_loaded == "False"
+
+
+def test_a_kernel_switch_in_the_environment_makes_another_kind(tmp_path, monkeypatch):
+    """TF_ENABLE_ONEDNN_OPTS=0 or an ISA cap trains to other bits on the same CPU (benchmarks/kernels.py)."""
+    for name in machine.KERNEL_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    base = machine.kind(*fake_machine(tmp_path / "a"))
+    assert base["switches"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = machine.kind(*fake_machine(tmp_path / "b"))
+    assert capped != base and capped["switches"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}

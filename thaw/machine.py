@@ -8,8 +8,9 @@ that a `dvc.lock` can say which machines must reproduce it to the bit (docs/repr
 mismatch reads as "other machine" or "not reproducible", never as either.
 
 `python -m thaw.machine` prints this machine's kind as JSON. No library reports this (platform and os give
-the architecture and core count, not the kernels' choices), hence this module; it reads /proc and /sys only
-and imports no TensorFlow.
+the architecture and core count, not the kernels' choices), hence this module; it reads /proc, /sys and the
+environment only and imports no TensorFlow. `thaw lockcheck` (the end of `make repro`) compares it with the
+kind recorded beside the committed lock.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ from pathlib import Path
 
 # CPU flags of the instruction-set extensions that change which floating-point kernels run (prefixes)
 SIMD_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "amx")
-LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy")
+# the libraries that compute the trained files or write their bytes (weights in HDF5, plots as PNG)
+LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "matplotlib")
+# documented switches that change which kernels run, or how work is split, on the same CPU
+KERNEL_SWITCHES = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
 
 
 def kind(proc: Path = Path("/proc/cpuinfo"), sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict:
     """This machine's kind: CPU (vendor, family, model, SIMD flags), cache sizes, the cores this process may
-    use, and the versions of the libraries that compute; JSON-ready and sorted, so two kinds compare with ==."""
+    use, the kernel switches set in the environment, and the versions of the libraries that compute or write
+    the outputs; JSON-ready and sorted, so two kinds compare with ==."""
     return {
         "architecture": platform.machine(),
         "cpu": _cpu(proc),
         "caches": _caches(sysfs),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "libraries": {name: version for name in LIBRARIES if (version := _version(name))},
+        "switches": {name: os.environ[name] for name in KERNEL_SWITCHES if name in os.environ},
     }
 
 
