@@ -1,7 +1,7 @@
 """Which CPU kernels decide the trained bits, and what pinning them would cost: the default pipeline run cold
 under each of TensorFlow's and oneDNN's documented kernel switches, on this machine.
 
-    python benchmarks/kernels.py              # the default data, every setting once (about 12 min on 2 cores)
+    python benchmarks/kernels.py              # the default data, every setting once (about 5 min on 2 cores)
     python benchmarks/kernels.py --repeats 2  # each setting twice (the timings' spread; the bits must repeat)
     python benchmarks/kernels.py --smoke      # tiny params, two settings: seconds, for CI
 
