@@ -101,7 +101,7 @@ def main() -> None:
     stages = {key.partition(": ")[0] for key in differing(committed, reference)}
     print(f"\nstages whose entries differ between the committed lock and this machine's default run: "
           f"{', '.join(sorted(stages)) or 'none'}")  # fmt: skip
-    kind = yaml.safe_load(subprocess.run([sys.executable, "-m", "thaw.machine"], capture_output=True,
+    kind = yaml.safe_load(subprocess.run([sys.executable, "-m", "thaw.commands.machine"], capture_output=True,
                                          text=True, check=True).stdout)  # fmt: skip
     print(f"machine: {kind['cpu'].get('vendor_id')} family {kind['cpu'].get('cpu family')} model "
           f"{kind['cpu'].get('model')}, {kind['cores']} cores")  # fmt: skip

@@ -69,13 +69,6 @@ def import_seconds(module: str, root: Path, env: dict[str, str], repeats: int = 
     return min(timed([sys.executable, "-c", code], root, env)[0] for _ in range(repeats))
 
 
-def keras_import_seconds(root: Path, env: dict[str, str], repeats: int = 3) -> tuple[float, float]:
-    """Process start + importing TensorFlow and Keras, best of `repeats`: as the training stages do it (Keras'
-    optional integrations hidden, `imports.import_tensorflow`), and a plain `import keras, tensorflow`."""
-    ways = ("from thaw import imports; imports.import_tensorflow()", "import keras, tensorflow")
-    return tuple(min(timed([sys.executable, "-c", code], root, env)[0] for _ in range(repeats)) for code in ways)
-
-
 def head_epoch_seconds(root: Path) -> dict[str, tuple[float, float]]:
     """Median seconds of one head epoch on cached features, and through the frozen base, two ways:
 
@@ -143,44 +136,24 @@ def main() -> None:
     repeats = 1 if args.smoke else 3
     noop = statistics.median(timed(["dvc", "repro"], root, env)[0] for _ in range(repeats))
 
-    from thaw import warmstart
-
-    # A sweep's warm start (thaw/warmstart.py): the same commands again, the stages that can forking from
-    # servers that imported TensorFlow and MLflow once. Their outputs are the same bytes (`dvc status` below).
-    servers = warmstart.Servers(env=env)
-    servers.wait_ready()
-    warm_env = {**env, warmstart.ENV: str(servers.folder)}
     rows = []
-    try:
-        for name, cmd in stage_commands(root).items():  # not the `input@<name>` stages: the default reads no file
-            module = cmd[cmd.index("-m") + 1]
-            startup = import_seconds(module, root, env, repeats)
-            wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC
-            warm = timed([sys.executable, *cmd[1:]], root, warm_env)[0] if starts_warm(module, root) else None
-            rows.append((name, wall, startup, peak, warm))
-    finally:
-        servers.stop()
+    for name, cmd in stage_commands(root).items():  # not the `input@<name>` stages: the default reads no file
+        module = cmd[cmd.index("-m") + 1]
+        startup = import_seconds(module, root, env, repeats)
+        wall, peak = timed([sys.executable, *cmd[1:]], root, env)  # the stage's own command, outside DVC
+        rows.append((name, wall, startup, peak))
+    # Run again outside DVC, each stage must write the same bytes the cached run did.
     if "Data and pipelines are up to date" not in run(["dvc", "status"], root, env):
-        raise SystemExit("the stages' outputs changed when they ran again (warm or not): see `dvc status`")
+        raise SystemExit("the stages' outputs changed when they ran again: see `dvc status`")
 
-    print("| stage | wall (s) | start + imports (s) | work (s) | peak memory (MiB) | wall with a warm start (s) |")
-    print("|---|---|---|---|---|---|")
-    for name, wall, startup, peak, warm in rows:
-        warm_text = "-" if warm is None else f"{warm:.1f}"
-        print(f"| {name} | {wall:.1f} | {startup:.1f} | {max(0.0, wall - startup):.1f} | {peak} | {warm_text} |")
+    print("| stage | wall (s) | start + imports (s) | work (s) | peak memory (MiB) |")
+    print("|---|---|---|---|---|")
+    for name, wall, startup, peak in rows:
+        print(f"| {name} | {wall:.1f} | {startup:.1f} | {max(0.0, wall - startup):.1f} | {peak} |")
     total = sum(r[1] for r in rows)
     imports = sum(r[2] for r in rows)
     print(f"\ncold `dvc repro` from a clean cache: {cold:.1f} s; no-op `dvc repro`: {noop:.2f} s")
     print(f"start + imports: {imports:.1f} s of {total:.1f} s of stage time ({100 * imports / total:.0f} %)")
-    served = [r for r in rows if r[4] is not None]
-    print(f"warm start (a sweep's stages forked from servers that imported TensorFlow and MLflow once): "
-          f"{', '.join(r[0] for r in served)} took {sum(r[4] for r in served):.1f} s against "
-          f"{sum(r[1] for r in served):.1f} s, each in its own process")  # fmt: skip
-    lean, plain = keras_import_seconds(root, env, repeats)
-    print(
-        f"TensorFlow + Keras import (start included): {lean:.1f} s as the training stages do it, {plain:.1f} s "
-        f"as `import keras, tensorflow` (Keras' optional pandas, scikit-learn, matplotlib integrations loaded)"
-    )
     for way, (cached, through) in head_epoch_seconds(root).items():
         print(f"one head epoch ({way}): {cached * 1000:.0f} ms on cached features, {through * 1000:.0f} ms "
               f"through the frozen base ({through / cached:.1f} x)")  # fmt: skip
@@ -189,12 +162,6 @@ def main() -> None:
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
-
-
-def starts_warm(module: str, root: Path) -> bool:
-    """Whether the stage asks for a warm start (`stage.run(main, warm=...)`)."""
-    tree = module_tree(module, root)
-    return any(isinstance(node, ast.keyword) and node.arg == "warm" for node in ast.walk(tree))
 
 
 if __name__ == "__main__":

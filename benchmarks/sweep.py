@@ -10,12 +10,8 @@ The ways, each from scratch in its own fresh copy of the project (a temporary gi
 - hydra in-process: a lightning-hydra-template-style Hydra multirun, each job in one process, recomputing the
   whole pipeline (no cache) and logging to MLflow (`benchmarks/peers/hydra_multirun.py`);
 - thaw sweep: `thaw sweep -m ...` (the warm-up, then each point a cached DVC experiment in a temporary
-  workspace, 2 at a time, its stages forked from warm-start servers, nested MLflow runs, the summary and
-  the champion);
-- thaw sweep, no warm start: the same with `sweep.warm_start=false` (thaw's own ablation: every stage
-  imports TensorFlow or MLflow itself);
-- thaw sweep, training in turn: the same with `sweep.compute_slots=1` (the other ablation: one point trains
-  at a time while the other's DVC, imports and tracking overlap it).
+  workspace, 2 at a time, each stage its own process as in `dvc repro`, nested MLflow runs, the summary
+  and the champion).
 
 Prints each way's wall time, its ratio to the floor, its time after the upstream was ready (the points phase:
 the floor's, the loop's after its `dvc repro train-head`, thaw's after the sweep's warm-up; the floor's,
@@ -39,7 +35,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import functools
 import json
 import re
 import shutil
@@ -146,10 +141,10 @@ def hydra_in_process(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
     return Outcome(time.perf_counter() - start, [point(p["layers"], p["lr"], p) for p in found], len(found), None)
 
 
-def thaw_sweep(root: Path, env: dict[str, str], grid: Grid, overrides: tuple[str, ...] = ()) -> Outcome:
+def thaw_sweep(root: Path, env: dict[str, str], grid: Grid) -> Outcome:
     start = time.perf_counter()
     out, ready = sh_marked([sys.executable, "-m", "thaw.commands.sweep", "-m", f"unfreeze.layers={','.join(grid[0])}",
-                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench", *overrides], root, env,
+                            f"finetune.lr={','.join(grid[1])}", "sweep.id=bench"], root, env,
                            "warm-up: done in")  # fmt: skip
     seconds = time.perf_counter() - start  # before the MLflow import and queries below, which only read results
     logs = [p.read_text() for p in (root / "multirun/bench").glob("*/dvc-exp-run.log")]
@@ -169,13 +164,7 @@ WAYS: dict[str, tuple[str, Way]] = {  # --ways key -> (the table's name, the way
     "loop": ("dvc exp loop (warm-up, then dvc exp run per point)", dvc_exp_loop),
     "hydra": ("hydra in-process multirun (no cache)", hydra_in_process),
     "thaw": ("thaw sweep (Hydra + DVC cache, 2 jobs)", thaw_sweep),
-    # thaw's own ablations: the same sweep with every stage importing TensorFlow and MLflow itself; the same
-    # sweep with its points training in turn (one compute slot: the default until sweep.compute_slots became 0)
-    "cold": ("thaw sweep, no warm start (sweep.warm_start=false)",
-             functools.partial(thaw_sweep, overrides=("sweep.warm_start=false",))),
-    "turns": ("thaw sweep, training in turn (sweep.compute_slots=1)",
-              functools.partial(thaw_sweep, overrides=("sweep.compute_slots=1",))),
-}  # fmt: skip
+}
 
 
 def conf_for(data: Path | None, smoke: bool, finetune_epochs: int | None = None) -> dict[str, dict]:

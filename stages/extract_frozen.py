@@ -13,7 +13,6 @@ import numpy as np
 
 from thaw import artifacts, dataflow, imports, shards, stage
 from thaw.freezing import freeze
-from thaw.slots import sweep_slot
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +24,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     data = shards.open_dataset(args.normalized)
     pixels = data.array
-    with sweep_slot():  # in a sweep's point that changes the base: in turn with the others' training
-        training.prepare_process(params.runtime)
-        training.make_deterministic(params.seed)
-        base = model.load_keras_model(args.base)
-        freeze(base)
-        row_shape = tuple(base.output_shape[1:])
-        with shards.write_dataset(args.out, "features", row_shape, np.float32, data.labels, data.split,
-                                  data.class_names) as out:  # fmt: skip
-            step = shards.chunk_rows(pixels.row_shape, pixels.dtype)  # whole prediction batches per chunk
-            for start in range(0, len(pixels), step):
-                out.append(model.extract_features(base, pixels[start : start + step]))
+    training.prepare_process(params.runtime)
+    training.make_deterministic(params.seed)
+    base = model.load_keras_model(args.base)
+    freeze(base)
+    row_shape = tuple(base.output_shape[1:])
+    with shards.write_dataset(args.out, "features", row_shape, np.float32, data.labels, data.split,
+                              data.class_names) as out:  # fmt: skip
+        step = shards.chunk_rows(pixels.row_shape, pixels.dtype)  # whole prediction batches per chunk
+        for start in range(0, len(pixels), step):
+            out.append(model.extract_features(base, pixels[start : start + step]))
     features = shards.open_dataset(args.out).array
     log.info("extracted features %s from %s", features.shape, pixels.shape)
     artifacts.write_json(args.flow, dataflow.extract_row(pixels.shape, features.shape, features[0]))
 
 
 if __name__ == "__main__":
-    stage.run(main, warm="tensorflow")
+    stage.run(main)

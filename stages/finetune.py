@@ -6,14 +6,17 @@ and the test split's (actual, predicted) pairs for the confusion matrix.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, imports, shards, stage, store
+from thaw import artifacts, config, dataflow, imports, shards, stage
 from thaw.datasources import TEST, VAL
 
 log = logging.getLogger(__name__)
+
+# What this stage declares under `params:` in dvc.yaml (tests/test_stages.py holds the two equal): its
+# checkpoint is keyed by exactly these values, so a resumed run never continues another configuration's epochs.
+PARAMS = ("seed", "train_head.lr", "finetune", "runtime")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,11 +32,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = shards.open_dataset(args.normalized)
     pixels, labels, split, names = data.array, data.labels, data.split, data.class_names
     first_epoch = int(artifacts.read_csv(args.head_history)[-1]["epoch"]) + 1
-    settings = {"finetune": dataclasses.asdict(finetune), "runtime": dataclasses.asdict(params.runtime),
-                "seed": params.seed}  # fmt: skip
-    uri = store.tracking_uri(store.project_root())
+    settings = config.declared(params, PARAMS)
     inputs = [args.model, args.normalized, args.head_history]
-    with training.stage_run("finetune", params.runtime, settings, inputs, uri, params.tracking.experiment) as run:
+    with training.stage_run("finetune", params.runtime, settings, inputs) as run:
         with run.strategy.scope():
             classifier = model.load_keras_model(args.model, compile=False)
             history = transfer.finetune(classifier, pixels, labels, split, finetune, first_epoch, params.seed,
@@ -56,4 +57,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, warm="tensorflow")
+    stage.run(main)

@@ -7,14 +7,17 @@ model; `base=keras_app` builds a Keras Applications network from a weights file 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from thaw import artifacts, imports, inputs, stage, store
+from thaw import artifacts, config, imports, inputs, stage
 
 log = logging.getLogger(__name__)
+
+# What this stage declares under `params:` in dvc.yaml (tests/test_stages.py holds the two equal): its
+# checkpoint is keyed by exactly these values, so a resumed run never continues another configuration's epochs.
+PARAMS = ("seed", "data.image_size", "base", "runtime")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,11 +27,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     base_params, image_size = params.base, params.data.image_size
     inputs.check_fingerprint(artifacts.read_json(args.input), base_params.path, args.input)
-    settings = {"base": dataclasses.asdict(base_params), "runtime": dataclasses.asdict(params.runtime),
-                "image_size": image_size, "seed": params.seed}  # fmt: skip
-    uri = store.tracking_uri(store.project_root())
+    settings = config.declared(params, PARAMS)
     with (
-        training.stage_run("pretrain-base", params.runtime, settings, [], uri, params.tracking.experiment) as run,
+        training.stage_run("pretrain-base", params.runtime, settings, []) as run,
         run.strategy.scope(),
     ):
         base, history = transfer.prepare_base(base_params, image_size, params.seed, run.checkpoint,
@@ -42,4 +43,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, warm="tensorflow")
+    stage.run(main)

@@ -22,13 +22,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs",
                                "raw_meta", "variant", "out")  # fmt: skip
     experiment = params.tracking.experiment
+    root = store.project_root()
+    uri = store.tracking_uri(root)
+    store.check_store(uri, experiment=experiment)  # a wrong server or login: one line naming the fix
     record, variant = tracking.record_from_outputs(
         dataclasses.asdict(params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
         Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
         raw_meta=Path(args.raw_meta),
     )  # fmt: skip
-    root = store.project_root()
-    uri = store.tracking_uri(root)
     result = tracking.log_run(uri, record, variant, store.artifact_root(root), sweep=params.tracking.sweep)
     log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], store.redact(uri), experiment,
              result["model_uri"])  # fmt: skip
@@ -48,4 +49,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, warm="mlflow")
+    stage.run(main)

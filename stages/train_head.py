@@ -6,15 +6,18 @@ and test metrics.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 
-from thaw import artifacts, dataflow, imports, shards, stage, store
+from thaw import artifacts, config, dataflow, imports, shards, stage
 from thaw.datasources import TEST
 from thaw.freezing import freeze, layer_table
 
 log = logging.getLogger(__name__)
+
+# What this stage declares under `params:` in dvc.yaml (tests/test_stages.py holds the two equal): its
+# checkpoint is keyed by exactly these values, so a resumed run never continues another configuration's epochs.
+PARAMS = ("seed", "train_head", "runtime")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,12 +29,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     head_params = params.train_head
     data = shards.open_dataset(args.features)
     features, labels, split = data.array, data.labels, data.split
-    settings = {"train_head": dataclasses.asdict(head_params), "runtime": dataclasses.asdict(params.runtime),
-                "seed": params.seed}  # fmt: skip
-    uri = store.tracking_uri(store.project_root())
-    with training.stage_run(
-        "train-head", params.runtime, settings, [args.features], uri, params.tracking.experiment
-    ) as run:
+    settings = config.declared(params, PARAMS)
+    with training.stage_run("train-head", params.runtime, settings, [args.features]) as run:
         with run.strategy.scope():
             head, history = transfer.train_head(features, labels, split, len(data.class_names), head_params,
                                                 params.seed, run.checkpoint, run.steps_per_execution)  # fmt: skip
@@ -51,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, warm="tensorflow")
+    stage.run(main)

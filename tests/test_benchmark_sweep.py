@@ -1,6 +1,5 @@
-"""`benchmarks/sweep.py --smoke` (one sweep six ways: the floor, a dvc exp loop, an in-process Hydra multirun,
-thaw sweep, and thaw sweep without its warm start or with its points training in turn) runs on tiny data in CI,
-so the figures the docs quote from it cannot silently rot."""
+"""`benchmarks/sweep.py --smoke` (one sweep four ways: the floor, a dvc exp loop, an in-process Hydra multirun
+and thaw sweep) runs on tiny data in CI, so the figures the docs quote from it cannot silently rot."""
 
 from __future__ import annotations
 

@@ -138,3 +138,21 @@ def test_a_sweep_id_that_is_one_name_passes() -> None:
 
     for value in ("20261204-134500", "depth-lr", "bench", "v1.2_b"):
         check_sweep_id(["-m", f"sweep.id={value}"])
+
+
+def test_a_point_gets_the_sweeps_thread_settings_back_not_its_workers_caps() -> None:
+    """Hydra's joblib workers cap numerical thread pools for themselves; a point's `dvc exp run` gets the
+    sweep's own settings back (a variable the sweep had unset stays unset), everything else as the worker has it."""
+    from joblib._parallel_backends import ParallelBackendBase
+
+    from thaw.commands.sweep import SWEEP_THREADS, THREAD_CAPS, point_environment, record_threads
+
+    # joblib's own list: a name it adds in a later release must be added to THREAD_CAPS too.
+    assert {*ParallelBackendBase.MAX_NUM_THREADS_VARS, ParallelBackendBase.TBB_ENABLE_IPC_VAR} <= set(THREAD_CAPS)
+    sweep = {"OMP_NUM_THREADS": "4", "PATH": "/bin", "HOME": "/home/u"}
+    record_threads(sweep)
+    worker = {**sweep, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ENABLE_IPC": "1", "PATH": "/usr/bin"}
+    assert point_environment(worker) == {"OMP_NUM_THREADS": "4", "PATH": "/usr/bin", "HOME": "/home/u"}
+    assert SWEEP_THREADS not in point_environment(worker)
+    cluster_worker = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"}  # started by `ray start`: no record
+    assert point_environment(cluster_worker) == cluster_worker

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from thaw import machine
+from thaw.commands import machine
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -64,9 +64,7 @@ def test_without_proc_or_sys_the_kind_still_reads(tmp_path):
 
 
 def test_the_command_prints_this_machines_kind_as_json_without_tensorflow():
-    code = (
-        "import runpy, sys; runpy.run_module('thaw.machine', run_name='__main__'); print('tensorflow' in sys.modules)"
-    )
+    code = "import runpy, sys; runpy.run_module('thaw.commands.machine', run_name='__main__'); print('tensorflow' in sys.modules)"
     printed, tf_loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                         check=True).stdout.rstrip().rsplit("\n", 1)  # fmt: skip
     assert json.loads(printed) == machine.kind()

@@ -105,6 +105,32 @@ def test_second_repro_does_nothing(workspace, first_repro):
     assert "up to date" in output.lower()
 
 
+def changed_stages(root: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc status` says would rerun."""
+    status = json.loads(run(["dvc", "status", "--json"], root, env) or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+def test_an_edit_to_the_sweep_code_reruns_no_stage_and_one_to_training_code_does(workspace, first_repro):
+    """Upgrading the code around the stages (the sweep, the commands, the store probe) keeps the whole cached
+    pipeline valid; an edit to code a stage runs invalidates exactly the stages that run it."""
+    root, env = workspace
+    around = ["thaw/commands/sweep.py", "thaw/sweeps.py", "thaw/store.py", "thaw/commands/machine.py"]
+    originals = {rel: (root / rel).read_text() for rel in [*around, "thaw/transfer.py"]}
+    try:
+        for rel in around[:2] + around[3:]:  # store.py is track's (where its run goes): checked below
+            (root / rel).write_text(originals[rel] + "\n# an upgrade that computes nothing new\n")
+        assert changed_stages(root, env) == set()
+        (root / "thaw/store.py").write_text(originals["thaw/store.py"] + "\n# a change to the store\n")
+        assert changed_stages(root, env) == {"track"}
+        (root / "thaw/transfer.py").write_text(originals["thaw/transfer.py"] + "\n# a change to training\n")
+        assert changed_stages(root, env) == {"pretrain-base", "train-head", "finetune"}
+    finally:
+        for rel, text in originals.items():
+            (root / rel).write_text(text)
+    assert changed_stages(root, env) == set()
+
+
 def test_dvc_plots_are_exactly_the_intended_ones_with_their_axes(workspace, first_repro):
     """`dvc plots show`: the learning curves over the epoch axis, the confusion matrix, the report's PNGs,
     and nothing drawn with a default template over the row index."""

@@ -3,7 +3,7 @@ of the project (as a clone would be) writes byte-identical outputs to the run th
 another checkout: the same dvc.lock, and a clean `git status`. This is the full default pipeline (about 1.5
 minutes). One cold run against the committed lock is two independent reproductions already.
 
-Trained weights are byte-identical on one kind of machine (thaw/machine.py), and the committed lock names its
+Trained weights are byte-identical on one kind of machine (thaw/commands/machine.py), and the committed lock names its
 kind in tests/lock_machine.json. On a machine of another kind the code, params, inputs and data stages must
 still match the lock exactly, and a second cold run must reproduce the first to the bit: then only the machine
 differs, never the promise."""
@@ -18,7 +18,7 @@ import yaml
 from quality import guard_bounds, refusals
 from tiny_project import REPO, make_tiny_project, run
 
-from thaw import machine
+from thaw.commands import machine
 from thaw.commands.lockcheck import differing, machine_dependent
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_a_cold_reproduction_writes_the_committed_dvc_lock(reproduction, tmp_pat
         pytest.fail(f"a cold `dvc repro` disagrees with the committed dvc.lock at {differ} on the kind of machine "
                     "that wrote it: either an output is not byte-reproducible, or dvc.lock is stale (run `make "
                     "repro`, commit dvc.lock; if it was written on another kind of machine, record that kind with "
-                    "`python -m thaw.machine > tests/lock_machine.json`)")  # fmt: skip
+                    "`python -m thaw.commands.machine > tests/lock_machine.json`)")  # fmt: skip
     code_or_data = sorted(set(differ) - set(machine_dependent(differ, yaml.safe_load(committed))))
     assert not code_or_data, (f"dvc.lock is stale at {code_or_data}: code, params, inputs or data stages differ, "
                               "whatever the machine (run `make repro` and commit dvc.lock)")  # fmt: skip

@@ -229,3 +229,20 @@ def test_a_single_seed_gets_a_binomial_interval_and_lrs_read_well(tmp_path):
     assert rows[0]["finetune.lr"] == "7.5e-05"
     assert rows[0]["val_accuracy"] == "0.950 [0.910, 0.973]"  # Wilson on 200 validation rows
     assert [r["near_best"] for r in rows] == ["yes", ""]
+
+
+def test_a_sweep_refuses_an_unreachable_store_before_its_warm_up_trains(monkeypatch: pytest.MonkeyPatch):
+    """The store probe runs once per sweep, before `dvc repro train-head`: a wrong server fails in seconds."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from thaw.errors import ConfigError
+    from thaw.sweeps import SweepCallback
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a} despite the store"))
+    cfg = OmegaConf.create({"sweep": {"id": "s", "warm_up": True, "share": False},
+                            "tracking": {"experiment": "thaw"}, "hydra": {"overrides": {"task": []}}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:9.*unreachable|unreachable.*127\.0\.0\.1:9"):
+        SweepCallback().on_multirun_start(cfg)

@@ -8,8 +8,9 @@ heavy work, with the key, the value and what is accepted. The schema carries no 
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -316,3 +317,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+def declared(params: Params, keys: Sequence[str]) -> dict[str, Any]:
+    """The values of `keys`, dotted as in a stage's `params:` list in dvc.yaml (`seed`, `finetune`,
+    `train_head.lr`), as plain data keyed by the same names: what the stage's checkpoint is keyed by."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        value: Any = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        picked[key] = dataclasses.asdict(value) if is_dataclass(value) else value
+    return picked

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from thaw import warmstart
 from thaw.artifacts import write_json
 from thaw.config import Params, load
 from thaw.errors import USER_ERRORS
@@ -35,24 +34,14 @@ def parse(argv: Sequence[str] | None, doc: str | None, *names: str) -> tuple[arg
     return args, load(args.params)
 
 
-def run(
-    main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None, warm: str | None = None
-) -> None:
-    """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback.
-
-    `warm` names the warm-start server kind (thaw/warmstart.py) whose imports the stage needs: in a sweep that
-    keeps one, the stage runs in a child forked from it, and this process waits for it and ends as it ends.
-    """
+def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's main; bad input or config exits with status 2 and a one-line message, no traceback."""
     for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Run as `python -m stages.<name>`, main's module is "__main__"; its real name is in its spec.
     spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
     module = spec.name if spec else main.__module__
-    if warm and argv is None and (folder := os.environ.get(warmstart.ENV)):
-        status = warmstart.delegate(folder, warm, module, sys.argv[1:])
-        if status is not None:
-            warmstart.exit_like(status)
     start = time.time()
     try:
         main(argv)

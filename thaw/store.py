@@ -1,7 +1,8 @@
 """Where MLflow runs go, and whether that store can be written, without importing MLflow: `MLFLOW_TRACKING_URI`
 when set (a tracking server), else the embedded SQLite store `mlflow.db` at the project root. The root comes
 from DVC_ROOT, which DVC points at the main workspace even for queued experiments in temporary copies, so
-every run lands in the same store. The training stages check the store here before they train.
+every run lands in the same store. `track` checks the store here before it logs, and `thaw sweep` before its
+warm-up trains anything.
 """
 
 from __future__ import annotations

@@ -297,51 +297,29 @@ def _summarize(
 
 
 class SweepCallback(Callback):
-    """Hydra callback of `thaw sweep`: before the jobs, start the warm-start servers, warm the cache and open
-    the sweep's parent run; after them, log the summary and stop the servers."""
-
-    def __init__(self) -> None:
-        self.servers: Any = None  # warmstart.Servers while the points run
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Hydra's joblib launcher pickles the callbacks with each job; the servers stay with this process.
-        return {**self.__dict__, "servers": None}
+    """Hydra callback of `thaw sweep`: before the jobs, check the tracking store, warm the cache and open the
+    sweep's parent run; after them, log the summary."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        import os
         import subprocess
 
         from mlflow.tracking import MlflowClient
 
-        from thaw import warmstart
-        from thaw.store import artifact_root, project_root, tracking_uri
+        from thaw.store import artifact_root, check_store, project_root, tracking_uri
 
         root = project_root()
-        if config.sweep.warm_start:
-            # The servers' folder goes to the warm-up's stages and, through the launcher's workers (started
-            # after this), to every point's; a point on another machine (a cluster) has none and runs cold.
-            # Their imports overlap the warm-up's first stages; a training stage that comes early waits for them.
-            started = time.time()
-            self.servers = warmstart.Servers()
-            os.environ[warmstart.ENV] = str(self.servers.folder)
+        uri = tracking_uri(root)
+        # A wrong server or login fails here, in seconds, before the warm-up trains anything.
+        check_store(uri, experiment=config.tracking.experiment)
         if config.sweep.warm_up:
             # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
             log.info("warm-up: dvc repro train-head")
             start_up = time.perf_counter()
             subprocess.run(["dvc", "repro", "train-head"], cwd=root, check=True)
             log.info("warm-up: done in %.1f s", time.perf_counter() - start_up)
-        if self.servers is not None:
-            ready = self.servers.wait_ready()
-            try:
-                seconds = max((self.servers.ready_at(kind) - started for kind in ready), default=0.0)
-            except FileNotFoundError:  # a server ended since it was ready: its stages import for themselves
-                seconds = float("nan")
-            log.info("warm start: %s imported once, in %.1f s (%s)", " and ".join(ready) or "nothing", seconds,
-                     self.servers.folder)  # fmt: skip
         if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
             log.info("dvc push --run-cache (to the DVC remote)")
             subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
-        uri = tracking_uri(root)
         with store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
             experiment_id = ensure_experiment(client, config.tracking.experiment, artifact_root(root))
@@ -351,14 +329,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from thaw.store import project_root, tracking_uri
 
-        if self.servers is not None:  # the points are done; a crashed sweep's servers end with its process
-            import os
-
-            from thaw import warmstart
-
-            self.servers.stop()
-            self.servers = None
-            os.environ.pop(warmstart.ENV, None)
         rows = summarize_sweep(tracking_uri(project_root()), config.tracking.experiment, config.sweep.id,
                                config.sweep.objective, config.tracking.registered_model)  # fmt: skip
         print(format_table(rows))

@@ -20,8 +20,6 @@ from thaw.allocator import keep_freed_memory
 from thaw.artifacts import HISTORY_KEYS, path_md5, read_json, write_json, write_text
 from thaw.config import RuntimeParams
 from thaw.shards import chunk_rows, prediction_batch
-from thaw.slots import sweep_slot
-from thaw.store import check_store
 
 log = logging.getLogger(__name__)
 
@@ -192,23 +190,16 @@ def stage_run(
     runtime: RuntimeParams,
     settings: Mapping[str, Any],
     inputs: Sequence[str | Path],
-    tracking_uri: str,
-    experiment: str | None = None,
 ) -> Iterator[StageRun]:
     """The skeleton every training stage shares (pretrain-base, train-head, finetune).
 
-    Before any training: check that the tracking store can be written and lets this user at `experiment` (a
-    wrong server or login fails in seconds, not after the training); in a sweep's point, wait for a compute
-    slot (thaw/slots.py), held to the end of the block; size the thread pools and pick the strategy (`runtime`),
-    and open the checkpoint keyed by `settings` and the content of `inputs`. When the block succeeds (its
-    outputs written), the checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume
-    from.
+    Before any training: size the thread pools and pick the strategy (`runtime`), and open the checkpoint
+    keyed by `settings` and the content of `inputs`. When the block succeeds (its outputs written), the
+    checkpoint is cleared; when it fails, the checkpoint stays for the rerun to resume from.
     """
-    check_store(tracking_uri, experiment=experiment)
-    with sweep_slot():  # before TensorFlow sets up its devices: a waiting point holds none of them
-        strategy, steps = prepare_runtime(runtime)
-        run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
-        yield run
+    strategy, steps = prepare_runtime(runtime)
+    run = StageRun(strategy, steps, checkpoint_for(stage, settings, inputs, Path.cwd()))
+    yield run
     run.checkpoint.clear()
 
 

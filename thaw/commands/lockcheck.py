@@ -74,7 +74,7 @@ def verdict(committed: str, produced: str, recorded: dict, here: dict) -> tuple[
         return False, (f"thaw: dvc.lock differs from the committed one in {len(differ)} trained files although "
                        f"this is the kind of machine that wrote it ({describe(here)}): an output is not "
                        "byte-reproducible, or dvc.lock was committed from another kind without updating "
-                       "tests/lock_machine.json (`python -m thaw.machine > tests/lock_machine.json`)")  # fmt: skip
+                       "tests/lock_machine.json (`python -m thaw.commands.machine > tests/lock_machine.json`)")  # fmt: skip
     return True, (f"thaw: dvc.lock changed only in the hashes of {len(differ)} trained files: this CPU "
                   f"({describe(here)}) is another kind than the one that wrote the committed lock "
                   f"({describe(recorded)}) and trains to other last bits; code, params, inputs and data stages "
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rev", default="HEAD", help="the git revision holding the committed lock")
     parser.add_argument("--strict", action="store_true", help="exit 1 unless the run is correct")
     args = parser.parse_args(argv)
-    from thaw import machine
+    from thaw.commands import machine
 
     shown = subprocess.run(["git", "show", f"{args.rev}:{args.lock.as_posix()}"], capture_output=True, text=True)
     if shown.returncode:

@@ -14,25 +14,50 @@ a shared DVC remote and tracking server: see the README's "Sweeps across machine
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from thaw import config, slots, store, warmstart
+from thaw import config, store
 
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = ("seed", *config.SECTIONS)
 REPO_ENV = "THAW_REPO"  # on a sweep worker: where this machine's clone of the project is
+
+# Hydra's joblib launcher runs each point in a loky worker that caps the thread pools of numerical libraries
+# for itself (joblib's MAX_NUM_THREADS_VARS and ENABLE_IPC; tests/test_commands.py holds the list to joblib's).
+# Passed on to the point's `dvc exp run`, the caps would give its stages other thread counts, hence other
+# timings and other last bits, than the same stages get from `dvc repro`. So the entry point records the
+# sweep's own values once (SWEEP_THREADS, before Hydra starts a worker) and each point gets them back.
+THREAD_CAPS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS", "ENABLE_IPC")  # fmt: skip
+SWEEP_THREADS = "THAW_SWEEP_THREADS"
+
+
+def record_threads(environ: MutableMapping[str, str]) -> None:
+    """Record in `environ` the sweep's own values of THREAD_CAPS (null: unset), for `point_environment`."""
+    environ[SWEEP_THREADS] = json.dumps({key: environ.get(key) for key in THREAD_CAPS})
+
+
+def point_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment of a point's `dvc exp run`: its worker's, with the thread settings the sweep recorded
+    in place of the worker's caps. Without a record (a cluster worker) the worker's own, unchanged."""
+    recorded = environ.get(SWEEP_THREADS)
+    if recorded is None:
+        return dict(environ)
+    env = {key: value for key, value in environ.items() if key not in (*THREAD_CAPS, SWEEP_THREADS)}
+    env.update({key: value for key, value in json.loads(recorded).items() if value is not None})
+    return env
 
 
 def pipeline_overrides(task_overrides: Sequence[str]) -> list[str]:
@@ -60,16 +85,12 @@ def run_point(
     experiment: str,
     log_file: Path,
     share_to: str | None = None,
-    compute_slots: int = 0,
 ) -> float:
     """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow.
 
     With `share_to` (a git remote; `sweep.share`), the point may run in any machine's clone: it first fetches
     the warm-up's run-cache from the DVC remote, so the upstream stages are restored rather than retrained,
     and afterwards pushes its experiment (git ref to `share_to`, outputs to the DVC remote) for the team.
-
-    At most `compute_slots` points of this machine train at once (`sweep.compute_slots`, thaw/slots.py; 0: no
-    limit); the rest of each point (DVC, imports, saving, tracking) overlaps with the training of others.
     """
     uri = store.tracking_uri(repo)
     if share_to and not uri.startswith(("http://", "https://")):
@@ -89,10 +110,7 @@ def run_point(
         # found there download its outputs. --wait-for-lock: points sharing a clone take turns at its lock.
         steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
                  ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
-    env = {key: value for key, value in warmstart.point_environment(dict(os.environ)).items() if key != slots.ENV}
-    if compute_slots:
-        with contextlib.suppress(FileNotFoundError):  # not a DVC project: DVC's own error below names the problem
-            env[slots.ENV] = str(slots.make_slots(repo, compute_slots))
+    env = point_environment(dict(os.environ))
     log.info("%s: %s (in %s)", name, " ".join(overrides) or "(baseline)", repo)
     with open(log_file, "w", encoding="utf-8") as out:
         for cmd in steps:
@@ -143,7 +161,6 @@ def main(cfg: DictConfig) -> float:
         experiment=cfg.tracking.experiment,
         log_file=Path(hydra_cfg.runtime.output_dir) / "dvc-exp-run.log",
         share_to=cfg.sweep.git_remote if cfg.sweep.share else None,
-        compute_slots=cfg.sweep.compute_slots,
     )
 
 
@@ -156,6 +173,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         sys.argv.append(f"sweep.id={time.strftime('%Y%m%d-%H%M%S')}")
     check_sweep_id(sys.argv[1:])
     check_cluster_address(sys.argv[1:])
+    record_threads(os.environ)
     main()
 
 

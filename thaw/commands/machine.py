@@ -7,7 +7,7 @@ split by the number of cores. The library versions that compute them count too. 
 that a `dvc.lock` can say which machines must reproduce it to the bit (docs/reproducibility.md) and a
 mismatch reads as "other machine" or "not reproducible", never as either.
 
-`python -m thaw.machine` prints this machine's kind as JSON. No library reports this (platform and os give
+`python -m thaw.commands.machine` prints this machine's kind as JSON. No library reports this (platform and os give
 the architecture and core count, not the kernels' choices), hence this module; it reads /proc, /sys and the
 environment only and imports no TensorFlow. `thaw lockcheck` (the end of `make repro`) compares it with the
 kind recorded beside the committed lock.
