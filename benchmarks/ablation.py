@@ -150,8 +150,7 @@ def run_seed(params: config.Params, seed: int, regimes: list[int | None], smoke:
         cfg["train_head"] = dataclasses.replace(cfg["train_head"], epochs=SMOKE["epochs"])
         cfg["finetune"] = dataclasses.replace(cfg["finetune"], epochs=SMOKE["epochs"])
     # Every training label first; each regime then keeps `per_class` of them, as ingest does.
-    raw = ingest(data_p.source, data_p.path, data_p.rows, data_p.image_size, data_p.resize,
-                 data_p.val_fraction, data_p.test_fraction, seed)  # fmt: skip
+    raw = ingest(dataclasses.replace(data_p, train_per_class=None), seed)
     pixels, labels = normalize(raw.images()), raw.labels
     cfg["classes"] = len(raw.class_names)
     size = data_p.image_size

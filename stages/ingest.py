@@ -20,10 +20,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "input", "out", "flow")
     data = params.data
     inputs.check_fingerprint(artifacts.read_json(args.input), data.path, args.input)
-    raw = datasources.ingest(
-        data.source, data.path, data.rows, data.image_size, data.resize,
-        data.val_fraction, data.test_fraction, params.seed, data.train_per_class,
-    )  # fmt: skip
+    raw = datasources.ingest(data, params.seed)
     shape = (data.image_size, data.image_size, 3)
     with shards.write_dataset(args.out, "images", shape, np.uint8, raw.labels, raw.split, raw.class_names) as out:
         for chunk in raw.chunks(out.per_shard):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,15 +23,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = stage.parse(argv, __doc__, "lock", "finetuned", "reports", "plots", "metrics", "inputs",
                                "raw_meta", "variant", "out")  # fmt: skip
     experiment = params.tracking.experiment
-    root = store.project_root()
-    uri = store.tracking_uri(root)
-    store.check_store(uri, experiment=experiment)  # a wrong server or login: one line naming the fix
-    record, variant = tracking.record_from_outputs(
-        dataclasses.asdict(params), Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
-        Path(args.lock), Path(args.inputs), experiment, timings=stage.TIMINGS,
-        raw_meta=Path(args.raw_meta),
-    )  # fmt: skip
-    result = tracking.log_run(uri, record, variant, store.artifact_root(root), sweep=params.tracking.sweep)
+    tracking_store = store.Store.from_environ()  # the environment, read once
+    store.check_store(tracking_store, experiment)  # a wrong server or login: one line naming the fix
+    outputs = tracking.StageOutputs(Path(args.reports), Path(args.plots), Path(args.metrics), Path(args.finetuned),
+                                    Path(args.lock), Path(args.inputs), Path(args.raw_meta), stage.TIMINGS)  # fmt: skip
+    # DVC names the experiment and its baseline commit in the environment of `dvc exp run`'s stages.
+    dvc_run = tracking.DvcRun(os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV"))
+    record, variant = tracking.record_from_outputs(dataclasses.asdict(params), outputs, experiment, dvc_run)
+    uri = tracking_store.uri
+    result = tracking.log_run(uri, record, variant, tracking_store.artifact_root, sweep=params.tracking.sweep)
     log.info("tracked run %s in %s (experiment %r), model %s", result["run_id"], store.redact(uri), experiment,
              result["model_uri"])  # fmt: skip
     if params.tracking.register and result["model_uri"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import load_folder, load_npz, load_source, validate
 from PIL import Image
 
 from thaw.datasources import (
@@ -23,12 +24,8 @@ from thaw.datasources import (
     ImageDataset,
     load_cifar10,
     load_digits,
-    load_folder,
-    load_npz,
-    load_source,
     stratified_split,
     subsample,
-    validate,
 )
 
 
@@ -652,12 +649,15 @@ def test_an_npz_is_read_by_rows_memory_mapped_or_not(tmp_path: Path, save) -> No
 
 
 def test_ingest_streams_the_kept_rows_in_chunks(tmp_path: Path) -> None:
+    from thaw.config import DataParams
     from thaw.datasources import ingest
 
-    x = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     path = tmp_path / "x.npz"
     np.savez(path, x=x, y=np.arange(40) % 2)
-    raw = ingest("npz", str(path), 30, 4, False, 0.2, 0.2, seed=1)
+    data = DataParams(source="npz", path=str(path), rows=30, image_size=8, val_fraction=0.2, test_fraction=0.2,
+                      resize=False, train_per_class=None)  # fmt: skip
+    raw = ingest(data, seed=1)
     chunks = list(raw.chunks(7))
     assert [len(c) for c in chunks] == [7, 7, 7, 7, 2]
     np.testing.assert_array_equal(np.concatenate(chunks), x[raw.keep])

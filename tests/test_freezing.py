@@ -11,14 +11,20 @@ import pytest
 from thaw import model
 from thaw.freezing import (
     freeze,
+    is_thawable,
     layer_table,
     table_summary,
     thaw_saved_model,
     thaw_table,
-    thawable_layers,
     unfreeze_top_layers,
     weighted_layers,
 )
+
+
+def thawable_layers(base: keras.Model) -> list[keras.Layer]:
+    """The weighted layers that unfreezing may make trainable, in order (what top_thawable_layers counts)."""
+    return [layer for layer in weighted_layers(base) if is_thawable(type(layer).__name__)]
+
 
 IMAGE = 16
 FILTERS = [4, 8, 8]

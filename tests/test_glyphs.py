@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from datasets import validate
 
-from thaw.datasources import load_digits, validate
+from thaw.datasources import load_digits
 from thaw.glyphs import render_glyphs
 
 

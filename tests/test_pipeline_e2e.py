@@ -115,7 +115,7 @@ def test_an_edit_to_the_sweep_code_reruns_no_stage_and_one_to_training_code_does
     """Upgrading the code around the stages (the sweep, the commands, the store probe) keeps the whole cached
     pipeline valid; an edit to code a stage runs invalidates exactly the stages that run it."""
     root, env = workspace
-    around = ["thaw/commands/sweep.py", "thaw/sweeps.py", "thaw/store.py", "thaw/commands/machine.py"]
+    around = ["thaw/commands/sweep.py", "thaw/sweeps/runs.py", "thaw/store.py", "thaw/commands/machine.py"]
     originals = {rel: (root / rel).read_text() for rel in [*around, "thaw/transfer.py"]}
     try:
         for rel in around[:2] + around[3:]:  # store.py is track's (where its run goes): checked below

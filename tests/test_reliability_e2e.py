@@ -102,7 +102,7 @@ def test_a_sigkilled_training_stage_resumes_to_the_uninterrupted_result(uninterr
     assert epochs_logged == list(range(9, 15))  # continuous after train-head's 8, no epoch twice
 
     # One MLflow run for the variant, not one per attempt.
-    client = MlflowClient(tracking_uri=store.tracking_uri(root))
+    client = MlflowClient(tracking_uri=store.tracking_uri(root, {}))
     runs = client.search_runs([client.get_experiment_by_name("thaw").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 

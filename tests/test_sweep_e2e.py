@@ -33,7 +33,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 
 def client_for(root: Path) -> tuple[MlflowClient, str]:
-    client = MlflowClient(tracking_uri=store.tracking_uri(root))
+    client = MlflowClient(tracking_uri=store.tracking_uri(root, {}))
     return client, client.get_experiment_by_name("thaw").experiment_id
 
 
@@ -100,7 +100,7 @@ def test_the_sweeps_best_model_is_the_registered_champion(project, grid_sweep, m
     assert champion.tags["thaw.sweep"] == "grid" and champion.tags["git.commit"]
     assert champion.tags["dvc.experiment"].startswith("grid-")
     assert parent.data.tags["thaw.champion"].startswith("models:/thaw@champion")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri(root, {}))
     loaded = mlflow.pyfunc.load_model("models:/thaw@champion")
     assert loaded.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 10)
 
@@ -209,7 +209,7 @@ def test_mlflow_ui_serves_and_renders_the_sweep_runs(project, grid_sweep, tmp_pa
     root, env = project
     port = free_port()
     server = subprocess.Popen(
-        ["mlflow", "ui", "--backend-store-uri", store.tracking_uri(root), "--host", "127.0.0.1",
+        ["mlflow", "ui", "--backend-store-uri", store.tracking_uri(root, {}), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

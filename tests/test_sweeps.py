@@ -4,6 +4,7 @@ parallel writers (4 processes at once into one fresh SQLite store)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import optuna
@@ -14,8 +15,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from hydra_plugins.thaw_optuna_sweeper.optuna_sweeper import OptunaSweeper, to_distribution
-from thaw import sweeps, tracking
+from thaw import tracking
 from thaw.commands.sweep import pipeline_overrides, run_point
+from thaw.store import Store
+from thaw.sweeps import runs
 
 
 def history(epochs: int = 6, head_epochs: int = 3, best: float = 0.9) -> list[dict]:
@@ -127,7 +130,17 @@ def test_a_points_failed_dvc_run_is_reported_with_its_log(tmp_path):
     machine's temp folder (or in CI) can be read without the log file."""
     log_file = tmp_path / "dvc-exp-run.log"
     with pytest.raises(RuntimeError, match=r"(?s)failed with status \d+; its last lines:\n.*not inside of a DVC"):
-        run_point(tmp_path, ["unfreeze.layers=1"], "s", "s-0", "val_accuracy", "thaw", log_file)
+        run_point(
+            tmp_path,
+            ["unfreeze.layers=1"],
+            "s",
+            "s-0",
+            "val_accuracy",
+            "thaw",
+            log_file,
+            tracking=Store.from_environ({}, root=tmp_path),
+            env=dict(os.environ),
+        )
     assert "dvc --wait-for-lock exp run --temp" in log_file.read_text()
 
 
@@ -156,7 +169,7 @@ def test_summary_nests_points_and_logs_best_leaderboard_and_heatmap(tmp_path):
     ids = [log_point(uri, tmp_path, i, layers, lr, best, sweep="grid") for i, (layers, lr, best) in enumerate(grid)]
     log_point(uri, tmp_path, 9, 4, 1e-3, 0.99, sweep=None)  # not in the sweep: must not be ranked
 
-    rows = sweeps.summarize_sweep(uri, "thaw", "grid")
+    rows = runs.summarize_sweep(uri, "thaw", "grid")
 
     assert [r["run"] for r in rows] == ["point-2", "point-3", "point-1", "point-0"]
     client = MlflowClient(tracking_uri=uri)
@@ -205,7 +218,7 @@ def test_seeds_of_one_cell_are_grouped_with_intervals_and_the_near_best_marked(t
         for seed, best in zip((1, 2, 3), values, strict=True):
             log_point(uri, tmp_path, i, layers, lr, best, sweep="seeds", seed=seed)
             i += 1
-    rows = sweeps.summarize_sweep(uri, "thaw", "seeds")
+    rows = runs.summarize_sweep(uri, "thaw", "seeds")
     assert [(r["unfreeze.layers"], r["finetune.lr"], r["seeds"]) for r in rows] == [
         ("2", "0.001", 3), ("2", "0.0001", 3), ("0", "0.001", 3)]  # fmt: skip
     assert rows[0]["val_accuracy"].startswith("0.920 [0.870, 0.970]")  # mean 0.92, t(2) = 4.303, sd 0.02
@@ -225,7 +238,7 @@ def test_a_single_seed_gets_a_binomial_interval_and_lrs_read_well(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log_point(uri, tmp_path, 0, 1, 7.50195444362012e-05, 0.95, sweep="one", rows=200)
     log_point(uri, tmp_path, 1, 2, 0.001, 0.70, sweep="one", rows=200)
-    rows = sweeps.summarize_sweep(uri, "thaw", "one")
+    rows = runs.summarize_sweep(uri, "thaw", "one")
     assert rows[0]["finetune.lr"] == "7.5e-05"
     assert rows[0]["val_accuracy"] == "0.950 [0.910, 0.973]"  # Wilson on 200 validation rows
     assert [r["near_best"] for r in rows] == ["yes", ""]
@@ -237,8 +250,8 @@ def test_a_sweep_refuses_an_unreachable_store_before_its_warm_up_trains(monkeypa
 
     from omegaconf import OmegaConf
 
+    from thaw.commands.sweep import SweepCallback
     from thaw.errors import ConfigError
-    from thaw.sweeps import SweepCallback
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a} despite the store"))
@@ -246,3 +259,22 @@ def test_a_sweep_refuses_an_unreachable_store_before_its_warm_up_trains(monkeypa
                             "tracking": {"experiment": "thaw"}, "hydra": {"overrides": {"task": []}}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"127\.0\.0\.1:9.*unreachable|unreachable.*127\.0\.0\.1:9"):
         SweepCallback().on_multirun_start(cfg)
+
+
+def test_the_statistics_rank_plain_points_by_validation_never_by_test():
+    """thaw.sweeps.stats takes plain points (no MLflow): cells over seeds, ranked by mean validation accuracy,
+    the cells whose interval overlaps the best's marked, test accuracy shown but never ranked by."""
+    from thaw.sweeps.stats import Point, cells, leaderboard_rows
+
+    def point(run: str, layers: str, lr: str, val: float, test: float) -> Point:
+        metrics = {"val_accuracy": val, "test_accuracy": test, "val_rows": 200, "test_rows": 200}
+        return Point(run, run, "s", layers, lr, metrics, {"unfreeze.layers": layers, "finetune.lr": lr})
+
+    ranked = [point("a1", "0", "0.001", 0.70, 0.99), point("a2", "0", "0.001", 0.71, 0.99),  # best test
+              point("b1", "2", "0.0001", 0.95, 0.80), point("b2", "2", "0.0001", 0.96, 0.80),
+              point("c1", "4", "0.0001", 0.945, 0.90)]  # fmt: skip
+    found = cells(ranked)
+    assert [(c.layers, len(c.points)) for c in found] == [("2", 2), ("4", 1), ("0", 2)]
+    assert [c.near_best for c in found] == [True, True, False]  # 0.945 of 200 rows: within the best's interval
+    rows = leaderboard_rows(found)
+    assert [r["rank"] for r in rows] == [1, 2, 3] and rows[0]["seeds"] == 2 and rows[0]["finetune.lr"] == "0.0001"

@@ -304,14 +304,15 @@ def _outputs(root: Path) -> dict[str, Path]:
             "finetuned": root / "models/finetuned.keras", "lock": root / "dvc.lock", "inputs": root / "inputs"}  # fmt: skip
 
 
-def _gather(paths: dict[str, Path], params: dict[str, Any], environ: dict[str, str] | None = None):
-    return tracking.record_from_outputs(params, experiment="thaw", environ=environ or {}, **paths)
+def _gather(paths: dict[str, Path], params: dict[str, Any], experiment: str | None = None, **more: Path):
+    outputs = tracking.StageOutputs(**paths, **more)
+    return tracking.record_from_outputs(params, outputs, "thaw", tracking.DvcRun(experiment))
 
 
 def test_the_run_record_holds_metrics_tags_and_files(tmp_path: Path):
     paths = _outputs(tmp_path)
     params = {"seed": 1, "unfreeze": {"layers": 2}, "finetune": {"lr": 1e-4}}
-    record, _ = _gather(paths, params, {"DVC_EXP_NAME": "bold-cat"})
+    record, _ = _gather(paths, params, "bold-cat")
     assert record.run_name == "bold-cat"
     assert record.params == {"seed": 1, "unfreeze.layers": 2, "finetune.lr": 1e-4}
     assert record.final_metrics["head_test_accuracy"] == record.final_metrics["test_accuracy"] == 0.9
@@ -328,7 +329,7 @@ def test_the_variant_key_moves_with_params_and_every_file_track_reads_and_nothin
     paths = _outputs(tmp_path)
     params = {"seed": 1, "unfreeze": {"layers": 2}}
     _, key = _gather(paths, params)
-    assert _gather(paths, params, {"DVC_EXP_NAME": "other"})[1] == key
+    assert _gather(paths, params, "other")[1] == key
     # DVC reruns track only when its deps or params change: the key must not depend on anything else, such
     # as another stage's code hash in dvc.lock (the committed lock would then differ from a fresh clone's).
     paths["lock"].write_text(paths["lock"].read_text().replace("c1", "c2"))
@@ -357,14 +358,13 @@ def test_the_run_spans_the_stages_that_ran_and_logs_their_seconds(tmp_path: Path
     timings = tmp_path / "timings"
     for stage, start, end in (("train-head", 1_000.0, 1_030.5), ("finetune", 1_031.0, 1_100.0)):
         artifacts.write_json(timings / f"{stage}.json", {"stage": stage, "start": start, "end": end})
-    record, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=timings, **paths)
+    record, _ = _gather(paths, {"seed": 1}, timings=timings)
     assert (record.start_ms, record.end_ms) == (1_000_000, 1_100_000)
     assert record.final_metrics["stage_seconds.train-head"] == 30.5
     run_id = tracking.log_run(store["uri"], record, "timed", None)["run_id"]
     info = store["client"].get_run(run_id).info
     assert (info.start_time, info.end_time) == (1_000_000, 1_100_000)  # Duration: the stages' 100 s
-    untimed, _ = tracking.record_from_outputs({"seed": 1}, experiment="thaw", environ={}, timings=tmp_path / "none",
-                                              **paths)  # fmt: skip
+    untimed, _ = _gather(paths, {"seed": 1}, timings=tmp_path / "none")
     assert (untimed.start_ms, untimed.end_ms) == (None, None)
 
 
@@ -376,14 +376,13 @@ def test_the_run_logs_its_training_dataset(tmp_path: Path, store: dict[str, Any]
     meta = tmp_path / "meta.json"
     artifacts.write_json(meta, {"rows": 1000, "class_names": list("0123456789"), "row_shape": [32, 32, 3]})
     params = {"data": {"source": "npz", "path": "/data/x.npz"}}
-    record, key = tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)
+    record, key = _gather(paths, params, raw_meta=meta)
     run_id = tracking.log_run(store["uri"], record, key, None)["run_id"]
     (used,) = store["client"].get_run(run_id).inputs.dataset_inputs
     assert (used.dataset.name, used.dataset.digest, used.dataset.source_type) == ("x.npz", "d" * 32 + ".dir", "local")
     assert json.loads(used.dataset.profile) == {"num_rows": 1000, "num_classes": 10, "image_shape": [32, 32, 3]}
     assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
-    digits, _ = tracking.record_from_outputs({"data": {"source": "digits", "path": None}}, experiment="thaw",
-                                             environ={}, raw_meta=meta, **paths)  # fmt: skip
+    digits, _ = _gather(paths, {"data": {"source": "digits", "path": None}}, raw_meta=meta)
     assert (digits.datasets[0]["name"], digits.datasets[0]["source_type"]) == ("digits", "code")
     meta.write_text(meta.read_text().replace("1000", "999"))  # track reads it: the key moves with it
-    assert tracking.record_from_outputs(params, experiment="thaw", environ={}, raw_meta=meta, **paths)[1] != key
+    assert _gather(paths, params, raw_meta=meta)[1] != key

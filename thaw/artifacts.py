@@ -105,12 +105,6 @@ def write_zip(path: str | Path, members: Sequence[tuple[str, bytes, int]]) -> No
             out.writestr(info, data)
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load every array of an `.npz` file; pickled objects are refused."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], delimiter: str = ",") -> None:
     if not rows:
         raise ValueError(f"refusing to write {path}: no rows")

@@ -8,14 +8,17 @@ Sources: `digits` (the embedded default: scikit-learn's bundled handwritten digi
 from __future__ import annotations
 
 import logging
+import pickle
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from thaw.config import DataParams
 from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,6 @@ def load_digits(image_size: int) -> ImageDataset:
 def load_cifar10(path: str) -> ImageDataset:
     """CIFAR-10 (train + test batches) from a local `cifar-10-python.tar.gz` or its extracted
     `cifar-10-batches-py` folder. A local file, not Keras' download, so DVC tracks what the pipeline read."""
-    # Keras' batch reader uses a restricted unpickler (numpy arrays only), so a tampered batch cannot
-    # run code; its public loader reads only its own download cache, hence this reader.
-    from keras.src.datasets.cifar import load_batch
-
     source = Path(path)
     if not source.exists():
         raise DataError(f"{source}: CIFAR-10 archive or folder not found (fix data.path)")
@@ -89,12 +88,34 @@ def load_cifar10(path: str) -> ImageDataset:
             if not batch.is_file():
                 raise DataError(f"{source}: CIFAR-10 batch '{name}' is missing")
             try:
-                x, y = load_batch(str(batch))
+                x, y = read_cifar_batch(batch)
             except Exception as exc:
                 raise DataError(f"{source}: CIFAR-10 batch '{name}' is unreadable ({exc})") from None
             images.append(np.asarray(x).transpose(0, 2, 3, 1))
             labels.append(np.asarray(y).reshape(-1))
     return ImageDataset(np.concatenate(images), np.concatenate(labels).astype(np.int64), CIFAR10_CLASSES)
+
+
+# A CIFAR-10 batch is a pickle, and unpickling can run code: only NumPy's array reconstruction is let through
+# (the same four globals Keras' own reader allows). Written here because Keras' public loader reads only its
+# own download cache and its batch reader is private (keras.src).
+CIFAR_PICKLE_GLOBALS = frozenset({("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                                  ("numpy._core.multiarray", "_reconstruct")})  # fmt: skip
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds arrays only")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR-10 python batch: its images N x 3 x 32 x 32 (uint8) and labels."""
+    with open(path, "rb") as fh:
+        batch = {key.decode(): value for key, value in ArraysOnlyUnpickler(fh, encoding="bytes").load().items()}
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    return data.reshape(len(data), 3, 32, 32), list(batch["labels"])
 
 
 @dataclass(frozen=True)
@@ -163,10 +184,6 @@ def read_image(file: Path, image_size: int, resize: bool) -> np.ndarray:
             f"({image_size}x{image_size}); set data.image_size, or data.resize=true to resize every image"
         )
     return np.asarray(rgb, dtype=np.uint8)
-
-
-def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
-    return materialize(open_folder(path, image_size, resize))
 
 
 def _npz_member(file: Path, name: str) -> Callable[[], np.ndarray] | None:
@@ -249,10 +266,6 @@ def open_npz(path: str) -> ImageSource:
     return ImageSource(y.astype(np.int64), class_names, read, str(file))
 
 
-def load_npz(path: str) -> ImageDataset:
-    return materialize(open_npz(path))
-
-
 def open_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageSource:
     """Dispatch on `data.source`."""
     if source == "digits":
@@ -264,18 +277,6 @@ def open_source(source: str, path: str | None, image_size: int, resize: bool) ->
     if source == "npz":
         return open_npz(str(path))
     raise DataError(f"data.source = {source!r}: unknown source; expected one of digits, cifar10, folder, npz")
-
-
-def load_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageDataset:
-    return materialize(open_source(source, path, image_size, resize))
-
-
-def validate(dataset: ImageDataset, image_size: int, where: str) -> None:
-    """Check shape, pixel range and labels; `where` names the input in messages."""
-    if len(dataset.images) != len(dataset.labels):
-        raise DataError(f"{where}: {len(dataset.images)} images but {len(dataset.labels)} labels")
-    validate_labels(dataset.labels, dataset.class_names, where)
-    validate_images(dataset.images, image_size, where)
 
 
 def validate_images(x: np.ndarray, image_size: int, where: str) -> None:
@@ -389,26 +390,16 @@ class Ingested:
         return np.concatenate(list(self.chunks(max(1, len(self.keep)))))
 
 
-def ingest(
-    source: str,
-    path: str | None,
-    rows: int | None,
-    image_size: int,
-    resize: bool,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    train_per_class: int | None = None,
-) -> Ingested:
-    """Open the source, check its labels, subsample and split (keeping `train_per_class` training labels per
-    class, if set). No image is read until the result's `chunks` are."""
-    opened = open_source(source, path, image_size, resize)
+def ingest(data: DataParams, seed: int) -> Ingested:
+    """Open the source `data` names, check its labels, subsample and split (keeping `data.train_per_class`
+    training labels per class, if set). No image is read until the result's `chunks` are."""
+    opened = open_source(data.source, data.path, data.image_size, data.resize)
     validate_labels(opened.labels, opened.class_names, opened.where)
-    keep = subsample(opened.labels, rows, seed)
+    keep = subsample(opened.labels, data.rows, seed)
     labels = opened.labels[keep]
-    split = stratified_split(labels, opened.class_names, val_fraction, test_fraction, seed)
-    split = limit_training_labels(labels, split, train_per_class, seed)
-    return Ingested(opened, keep, labels, split, image_size)
+    split = stratified_split(labels, opened.class_names, data.val_fraction, data.test_fraction, seed)
+    split = limit_training_labels(labels, split, data.train_per_class, seed)
+    return Ingested(opened, keep, labels, split, data.image_size)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:

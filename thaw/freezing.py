@@ -64,11 +64,6 @@ def weighted_layers(base: keras.Model) -> list[keras.Layer]:
     return found
 
 
-def thawable_layers(base: keras.Model) -> list[keras.Layer]:
-    """The weighted layers that unfreezing may make trainable (see `is_thawable`)."""
-    return [layer for layer in weighted_layers(base) if is_thawable(type(layer).__name__)]
-
-
 def freeze(model: keras.Model) -> None:
     """Make every layer of `model` non-trainable."""
     model.trainable = False

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,21 +260,35 @@ def log_model(client: Any, run_id: str, experiment_id: str, model: Mapping[str, 
         return serving.log(client, run_id, experiment_id, folder, lineage)
 
 
+@dataclass(frozen=True)
+class StageOutputs:
+    """What the stages wrote that a run is gathered from (`track`'s dvc.yaml deps, and the stage timings)."""
+
+    reports: Path
+    plots: Path
+    metrics: Path
+    finetuned: Path
+    lock: Path
+    inputs: Path  # the input fingerprints' folder
+    raw_meta: Path | None = None  # ingest's meta.json: the dataset's classes and row shape
+    timings: Path | None = None  # thaw.stage's per-stage start and end records
+
+
+@dataclass(frozen=True)
+class DvcRun:
+    """How DVC ran this variant: the experiment's name and its baseline commit (`dvc exp run` only)."""
+
+    experiment: str | None = None
+    baseline_rev: str | None = None
+
+
 def record_from_outputs(
-    params: Mapping[str, Any],
-    reports: Path,
-    plots: Path,
-    metrics: Path,
-    finetuned: Path,
-    lock: Path,
-    inputs: Path,
-    experiment: str,
-    environ: Mapping[str, str] = os.environ,
-    timings: Path | None = None,
-    raw_meta: Path | None = None,
+    params: Mapping[str, Any], outputs: StageOutputs, experiment: str, dvc: DvcRun = DvcRun()
 ) -> tuple[RunRecord, str]:
     """Gather a variant's run from the outputs the stages recorded (so stages that DVC skipped still
     contribute their numbers); return it with its variant key. `params` is the whole config, as plain data."""
+    reports, plots, metrics, finetuned = outputs.reports, outputs.plots, outputs.metrics, outputs.finetuned
+    lock, inputs, raw_meta, timings = outputs.lock, outputs.inputs, outputs.raw_meta, outputs.timings
     flat = flatten(params)
     hashes = lock_hashes(lock)
     history = read_csv(plots / "train_head.csv") + read_csv(plots / "finetune.csv")
@@ -283,7 +296,7 @@ def record_from_outputs(
     for name, prefix in METRIC_FILES:
         values = read_json(metrics / f"{name}.json")
         final.update({prefix + k: float(v) for k, v in values.items() if isinstance(v, int | float)})
-    exp_name = environ.get("DVC_EXP_NAME")
+    exp_name = dvc.experiment
     # Data and model lineage as tags; the code's hashes are in the variant's git commit.
     tags = {f"dvc.lock.{k}": v for k, v in hashes.items() if not k.split(":", 1)[1].endswith(".py")}
     for name in INPUT_NAMES:  # the external inputs' content hashes, "none" for the embedded default
@@ -295,7 +308,7 @@ def record_from_outputs(
         tags["mlflow.source.git.commit"] = commit
     if exp_name:
         tags["dvc.experiment"] = exp_name
-    if baseline := environ.get("DVC_EXP_BASELINE_REV"):
+    if baseline := dvc.baseline_rev:
         tags["dvc.baseline_rev"] = baseline
     run_name = exp_name or f"layers={flat.get('unfreeze.layers')} lr={flat.get('finetune.lr')}"
     files = {

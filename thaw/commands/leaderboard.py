@@ -13,7 +13,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from thaw import config, store, sweeps
+from thaw import config, store
+from thaw.sweeps import runs, stats
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,18 +32,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    uri = args.tracking_uri or store.tracking_uri(store.project_root())
+    uri = args.tracking_uri or store.Store.from_environ().uri
     if args.summarize:
         name = args.registered_model or registered_model_name(Path("params.yaml"))
-        rows = sweeps.summarize_sweep(uri, args.experiment, args.sweep, args.metric, name)
+        rows = runs.summarize_sweep(uri, args.experiment, args.sweep, args.metric, name)
     else:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(args.experiment)
         if experiment is None:
             raise SystemExit(f"no experiment {args.experiment!r} in {uri}: run the pipeline first (dvc repro)")
-        ranked = sweeps.points(client, experiment.experiment_id, args.sweep, args.metric)
-        rows = sweeps.leaderboard_rows(sweeps.cells(ranked, args.metric))
-    print(sweeps.format_table(rows))
+        ranked = runs.points(client, experiment.experiment_id, args.sweep, args.metric)
+        rows = stats.leaderboard_rows(stats.cells(ranked, args.metric))
+    print(stats.format_table(rows))
 
 
 def registered_model_name(params: Path) -> str:

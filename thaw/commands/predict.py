@@ -50,7 +50,7 @@ class Model:
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
-        os.environ.setdefault("MLFLOW_TRACKING_URI", store.tracking_uri(store.project_root()))
+        os.environ.setdefault("MLFLOW_TRACKING_URI", store.Store.from_environ().uri)
         try:
             loaded = mlflow.pyfunc.load_model(uri)
         except (MlflowException, OSError) as exc:

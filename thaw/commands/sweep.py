@@ -21,13 +21,16 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from thaw import config, store
+from thaw import config, store, tracking
+from thaw.sweeps import runs, stats
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,10 @@ REPO_ENV = "THAW_REPO"  # on a sweep worker: where this machine's clone of the p
 
 # Hydra's joblib launcher runs each point in a loky worker that caps the thread pools of numerical libraries
 # for itself (joblib's MAX_NUM_THREADS_VARS and ENABLE_IPC; tests/test_commands.py holds the list to joblib's).
-# Passed on to the point's `dvc exp run`, the caps would give its stages other thread counts, hence other
-# timings and other last bits, than the same stages get from `dvc repro`. So the entry point records the
-# sweep's own values once (SWEEP_THREADS, before Hydra starts a worker) and each point gets them back.
+# Passed on to the point's `dvc exp run`, the caps would run its stages on other thread counts than the same
+# stages get from `dvc repro` (one OpenMP thread for oneDNN: slower, and not the configuration `dvc repro`
+# computed). So the entry point records the sweep's own values once (SWEEP_THREADS, before Hydra starts a
+# worker) and each point gets them back.
 THREAD_CAPS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS", "ENABLE_IPC")  # fmt: skip
 SWEEP_THREADS = "THAW_SWEEP_THREADS"
@@ -84,19 +88,22 @@ def run_point(
     objective: str,
     experiment: str,
     log_file: Path,
+    tracking: store.Store,
+    env: Mapping[str, str],
     share_to: str | None = None,
 ) -> float:
-    """Run one point as a DVC experiment in a temporary workspace and return its objective from MLflow.
+    """Run one point as a DVC experiment in a temporary workspace, its commands in `env`, and return its
+    objective from the `tracking` store.
 
     With `share_to` (a git remote; `sweep.share`), the point may run in any machine's clone: it first fetches
     the warm-up's run-cache from the DVC remote, so the upstream stages are restored rather than retrained,
     and afterwards pushes its experiment (git ref to `share_to`, outputs to the DVC remote) for the team.
     """
-    uri = store.tracking_uri(repo)
+    uri = tracking.uri
     if share_to and not uri.startswith(("http://", "https://")):
         raise RuntimeError(
-            f"sweep.share=true needs a tracking server that every machine reaches, but MLFLOW_TRACKING_URI is "
-            f"{os.environ.get('MLFLOW_TRACKING_URI', 'not set')} in {repo}: set it to http://HOST:PORT"
+            f"sweep.share=true needs a tracking server that every machine reaches, but the store of {repo} is "
+            f"{store.redact(uri)} (MLFLOW_TRACKING_URI unset or not a server): set it to http://HOST:PORT"
         )
     # --wait-for-lock: `exp run` holds the repo's lock while it stashes its params and again while it collects
     # its results; DVC's default is to give up after 3 s, which parallel points on busy cores can exceed.
@@ -110,7 +117,6 @@ def run_point(
         # found there download its outputs. --wait-for-lock: points sharing a clone take turns at its lock.
         steps = [["dvc", "--wait-for-lock", "fetch", "--run-cache"], [*run, "--pull"],
                  ["dvc", "--wait-for-lock", "exp", "push", share_to, name]]  # fmt: skip
-    env = point_environment(dict(os.environ))
     log.info("%s: %s (in %s)", name, " ".join(overrides) or "(baseline)", repo)
     with open(log_file, "w", encoding="utf-8") as out:
         for cmd in steps:
@@ -144,6 +150,38 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(f"    {line}" for line in text[-lines:])
 
 
+class SweepCallback(Callback):
+    """Hydra callback of `thaw sweep`: before the jobs, check the tracking store, warm the cache and open the
+    sweep's parent run; after them, log the summary."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        tracking_store = store.Store.from_environ()
+        root, uri = tracking_store.root, tracking_store.uri
+        # A wrong server or login fails here, in seconds, before the warm-up trains anything.
+        store.check_store(tracking_store, config.tracking.experiment)
+        if config.sweep.warm_up:
+            # Computed once here, the shared upstream stages are restored from DVC's run-cache by every point.
+            log.info("warm-up: dvc repro train-head")
+            start_up = time.perf_counter()
+            subprocess.run(["dvc", "repro", "train-head"], cwd=root, check=True)
+            log.info("warm-up: done in %.1f s", time.perf_counter() - start_up)
+        if config.sweep.share:  # for points on other machines: each fetches the run-cache before it runs
+            log.info("dvc push --run-cache (to the DVC remote)")
+            subprocess.run(["dvc", "push", "--run-cache"], cwd=root, check=True)
+        with tracking.store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = tracking.ensure_experiment(client, config.tracking.experiment, tracking_store.artifact_root)
+            parent = runs.ensure_sweep_parent(client, experiment_id, config.sweep.id, list(config.hydra.overrides.task))
+        log.info("sweep %s: parent run %s in %s", config.sweep.id, parent, uri)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        rows = runs.summarize_sweep(store.Store.from_environ().uri, config.tracking.experiment, config.sweep.id,
+                               config.sweep.objective, config.tracking.registered_model)  # fmt: skip
+        print(stats.format_table(rows))
+
+
 # An absolute path: a relative one is resolved against the calling module, which is not this file when the
 # `thaw` console command imports it.
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"), config_name="sweep")
@@ -152,14 +190,18 @@ def main(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     check_pipeline_config(cfg)
+    environ = dict(os.environ)  # read once, here: the library below takes values
+    repo = Path(environ.get(REPO_ENV) or hydra.utils.get_original_cwd())
     return run_point(
-        repo=Path(os.environ.get(REPO_ENV) or hydra.utils.get_original_cwd()),
+        repo=repo,
         overrides=pipeline_overrides(hydra_cfg.overrides.task),
         sweep_id=cfg.sweep.id,
         name=f"{cfg.sweep.id}-{hydra_cfg.job.num}",
         objective=cfg.sweep.objective,
         experiment=cfg.tracking.experiment,
         log_file=Path(hydra_cfg.runtime.output_dir) / "dvc-exp-run.log",
+        tracking=store.Store.from_environ(environ, root=repo),
+        env=point_environment(environ),
         share_to=cfg.sweep.git_remote if cfg.sweep.share else None,
     )
 
