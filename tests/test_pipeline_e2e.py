@@ -123,6 +123,7 @@ def test_an_edit_to_the_sweep_code_reruns_no_stage_and_one_to_training_code_does
         assert changed_stages(root, env) == set()
         (root / "thaw/store.py").write_text(originals["thaw/store.py"] + "\n# a change to the store\n")
         assert changed_stages(root, env) == {"track"}
+        (root / "thaw/store.py").write_text(originals["thaw/store.py"])  # one change at a time
         (root / "thaw/transfer.py").write_text(originals["thaw/transfer.py"] + "\n# a change to training\n")
         assert changed_stages(root, env) == {"pretrain-base", "train-head", "finetune"}
     finally:
