@@ -8,7 +8,9 @@ from __future__ import annotations
 # TF_CPP_MIN_LOG_LEVEL=3 is TensorFlow's documented switch for its C++ log; Python errors, a native crash's
 # own report and the stage's log still show. It must be set before TensorFlow is imported (stage.run sets it),
 # and the stages import TensorFlow only inside `main`, after `parse` has checked the config. A value set
-# outside wins (TF_CPP_MIN_LOG_LEVEL=0 to see every notice).
+# outside wins (TF_CPP_MIN_LOG_LEVEL=0 to see every notice). TensorFlow 2.21 still writes two lines at import
+# (absl's "before InitializeLog" warning and the oneDNN notice) before it reads the switch; the one switch that
+# removes the second, TF_ENABLE_ONEDNN_OPTS=0, runs other kernels (other numerics), so those two lines stay.
 QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
