@@ -55,9 +55,10 @@ def test_a_ray_cluster_runs_the_points_of_one_sweep_in_two_clones(tmp_path: Path
         try:
             cluster.add_node(num_cpus=1, env_vars={**node_env, "THAW_REPO": str(clones["node-b"])})
             cluster.wait_for_nodes()
+            # two points, one CPU each: Ray places one on each node
             cmd = [sys.executable, "-m", "thaw.commands.sweep", "-m", "hydra/launcher=cluster",
                    f"hydra.launcher.ray.init.address={cluster.address}", "sweep.share=true", "sweep.id=ray",
-                   "unfreeze.layers=1,2", "finetune.lr=0.001,0.0003"]  # fmt: skip
+                   "unfreeze.layers=1,2", "finetune.lr=0.001"]  # fmt: skip
             started = time.monotonic()
             proc = subprocess.run(cmd, cwd=clones["submitter"], env=env, capture_output=True, text=True,
                                   timeout=900)  # fmt: skip
@@ -72,27 +73,27 @@ def test_a_ray_cluster_runs_the_points_of_one_sweep_in_two_clones(tmp_path: Path
         runs = client.search_runs([experiment.experiment_id], filter_string="tags.`thaw.sweep` = 'ray'")
         points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
         (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        assert sorted(r.data.tags["dvc.experiment"] for r in points) == ["ray-0", "ray-1", "ray-2", "ray-3"]
+        assert sorted(r.data.tags["dvc.experiment"] for r in points) == ["ray-0", "ray-1"]
         assert {r.data.tags["mlflow.parentRunId"] for r in points} == {parent.info.run_id}
         assert all(r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics for r in points)
-        assert {(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"]) for r in points} == {
-            ("1", "0.001"), ("1", "0.0003"), ("2", "0.001"), ("2", "0.0003")}  # fmt: skip
+        points_params = {(r.data.params["unfreeze.layers"], r.data.params["finetune.lr"]) for r in points}
+        assert points_params == {("1", "0.001"), ("2", "0.001")}
         assert "best_val_accuracy" in parent.data.metrics
 
     # Both "machines" ran points, in their own clones; every experiment reached the shared git remote.
     ran_on = {name: exp_refs(clones[name]) for name in ("node-a", "node-b")}
     assert ran_on["node-a"] and ran_on["node-b"], ran_on
-    assert ran_on["node-a"] | ran_on["node-b"] == {"ray-0", "ray-1", "ray-2", "ray-3"}
-    assert exp_refs(origin) == {"ray-0", "ray-1", "ray-2", "ray-3"}
+    assert ran_on["node-a"] | ran_on["node-b"] == {"ray-0", "ray-1"}
+    assert exp_refs(origin) == {"ray-0", "ray-1"}
     assert not exp_refs(clones["submitter"])
     run(["dvc", "exp", "pull", "origin"], clones["submitter"], env)  # what a teammate does to see them
-    assert exp_refs(clones["submitter"]) == {"ray-0", "ray-1", "ray-2", "ray-3"}
+    assert exp_refs(clones["submitter"]) == {"ray-0", "ray-1"}
 
     # Upstream stages trained once (the submitter's warm-up); the points restored them from the run-cache
     # that the warm-up pushed to the DVC remote.
     assert stages_run(output).count("pretrain-base") == 1, output[-3000:]
     logs = [p.read_text() for p in clones["node-a"].parent.rglob("dvc-exp-run.log")]
-    assert len(logs) == 4, [str(p) for p in tmp_path.rglob("dvc-exp-run.log")]
+    assert len(logs) == 2, [str(p) for p in tmp_path.rglob("dvc-exp-run.log")]
     for log in logs:
         assert not re.search(r"Running stage '(pretrain-base|extract-frozen|train-head)'", log), log[-2000:]
         assert "Running stage 'finetune'" in log
