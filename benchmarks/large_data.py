@@ -165,7 +165,7 @@ def main() -> None:
             images, weights = base / "images", base / "mobilenet_v2.weights.h5"
             write_folder(images, folder_rows, size)
             write_mobilenet_weights(weights, size)
-            overrides = ["data=folder", f"data.path={images}", f"data.image_size={size}", "data.resize=false",
+            overrides = ["data=folder", f"data.path={images}", f"data.image_size={size}", "data.resize=none",
                          "base=keras_app", "base.application=MobileNetV2", f"base.path={weights}"]  # fmt: skip
             results = measure(base, "folder", overrides, folder_rows, fractions)
             out.append(table(f"data=folder, {folder_rows:,} images at {size}x{size}, base=keras_app MobileNetV2",

@@ -15,7 +15,7 @@ from thaw.datasources import (
 )
 
 
-def load_folder(path: str, image_size: int, resize: bool) -> ImageDataset:
+def load_folder(path: str, image_size: int, resize: str) -> ImageDataset:
     return materialize(open_folder(path, image_size, resize))
 
 
@@ -23,7 +23,7 @@ def load_npz(path: str) -> ImageDataset:
     return materialize(open_npz(path))
 
 
-def load_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageDataset:
+def load_source(source: str, path: str | None, image_size: int, resize: str) -> ImageDataset:
     return materialize(open_source(source, path, image_size, resize))
 
 

@@ -65,7 +65,7 @@ def test_committed_params_sections_match_the_schemas(project_root: Path) -> None
         (["unfreeze.layers=3"], {("unfreeze", "layers"): 3}),
         (
             ["data=folder", "data.path=images", "data.rows=200"],
-            {("data", "source"): "folder", ("data", "resize"): True, ("data", "rows"): 200},
+            {("data", "source"): "folder", ("data", "resize"): "crop", ("data", "rows"): 200},
         ),
         (
             ["data=cifar10", "data.path=/c/cifar-10-python.tar.gz"],

@@ -279,7 +279,16 @@ def test_empty_config_is_refused() -> None:
         ("finetune.batch_size", True, r"finetune\.batch_size: .*'bool' could not be converted to Integer"),
         ("train_head.lr", "fast", r"train_head\.lr: Value 'fast' .*could not be converted to Float"),
         ("train_head.units", [128], r"train_head\.units: "),
-        ("data.resize", "maybe", r"data\.resize: Value 'maybe' is not a valid bool"),
+        (
+            "data.resize",
+            "maybe",
+            r"data\.resize = 'maybe' is not allowed: expected one of \['crop', 'pad', 'squash', 'none'\]",
+        ),
+        (
+            "data.resize",
+            True,
+            r"data\.resize = 'True' is not allowed: .*true and false were the names of squash and none",
+        ),
         ("data.rows", "many", r"data\.rows: .*could not be converted to Integer"),
         ("unfreeze.layers", 1.5, r"unfreeze\.layers: .*could not be converted to Integer"),
         ("base.filters", "abc", r"base\.filters: "),

@@ -24,6 +24,7 @@ from thaw.datasources import (
     ImageDataset,
     load_cifar10,
     load_digits,
+    read_image,
     stratified_split,
     subsample,
 )
@@ -159,7 +160,7 @@ def test_folder_happy_path(tmp_path: Path) -> None:
     (root / "cat" / "notes.txt").write_text("not an image")
     (root / ".hidden").mkdir()
     write_image(root / "dog" / "gray.JPG", mode="L", value=77)
-    ds = load_folder(str(root), image_size=12, resize=False)
+    ds = load_folder(str(root), image_size=12, resize="none")
     assert ds.class_names == ("cat", "dog")
     assert ds.images.shape == (6, 12, 12, 3)
     assert ds.images.dtype == np.uint8
@@ -172,9 +173,83 @@ def test_folder_resize(tmp_path: Path) -> None:
     root = tmp_path / "images"
     write_image(root / "a" / "big.png", (40, 20))
     write_image(root / "b" / "small.png", (10, 10))
-    ds = load_folder(str(root), image_size=16, resize=True)
+    ds = load_folder(str(root), image_size=16, resize="squash")
     assert ds.images.shape == (2, 16, 16, 3)
     validate(ds, 16, str(root))
+
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def bands(path: Path, size: tuple[int, int], colours: list[tuple[int, int, int]], **save: object) -> Path:
+    """An image of vertical bands (left to right), as wide as `size` says: a quarter, half, quarter for three."""
+    width, height = size
+    edges = [0, width // 4, 3 * width // 4, width] if len(colours) == 3 else [0, width // 2, width]
+    pixels = np.zeros((height, width, 3), np.uint8)
+    for colour, start, stop in zip(colours, edges, edges[1:], strict=False):  # edges has one more
+        pixels[:, start:stop] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save)
+    return path
+
+
+def near(pixel: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return bool(np.all(np.abs(pixel.astype(int) - colour) <= tolerance))
+
+
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored sideways, shown turned 90 degrees clockwise (a phone held upright)
+    tagged = bands(tmp_path / "tagged.jpg", (24, 12), [RED, BLUE], quality=95, exif=exif.tobytes())
+    plain = bands(tmp_path / "plain.jpg", (24, 12), [RED, BLUE], quality=95)
+    upright = read_image(tagged, 12, "squash")  # shown 12 wide x 24 high: red on top, blue below
+    assert near(upright[2, 6], RED) and near(upright[9, 6], BLUE), upright[:, 6]
+    stored = read_image(plain, 12, "squash")  # no tag: as stored, red left, blue right
+    assert near(stored[6, 2], RED) and near(stored[6, 9], BLUE), stored[6]
+
+
+def test_crop_keeps_the_centre_pad_keeps_everything_squash_stretches(tmp_path: Path) -> None:
+    wide = bands(tmp_path / "wide.png", (40, 20), [RED, GREEN, BLUE])  # 2:1; the middle half is green
+    crop, pad, squash = (read_image(wide, 10, mode) for mode in ("crop", "pad", "squash"))
+    # short side to 10, the centre 10 of 20 columns: green (the filter reads a pixel past the crop at the edges)
+    assert all(near(p, GREEN, 0) for p in crop[:, 1:-1].reshape(-1, 3))
+    assert all(near(p, GREEN, 80) for p in crop.reshape(-1, 3))
+    assert pad[:2].max() == 0 and pad[-2:].max() == 0  # the 10x5 picture between black bars
+    assert near(pad[5, 0], RED) and near(pad[5, 5], GREEN) and near(pad[5, 9], BLUE)
+    assert near(squash[0, 0], RED) and near(squash[9, 5], GREEN) and near(squash[9, 9], BLUE)
+    for sized in (crop, pad, squash):
+        assert sized.shape == (10, 10, 3) and sized.dtype == np.uint8
+
+
+def test_every_image_mode_becomes_rgb_by_the_stated_rule(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (10, 20, 30)
+    rgba[..., 3] = 255
+    rgba[0, 0, 3] = 0  # a transparent pixel: white
+    rgba[0, 1] = (200, 100, 0, 128)  # half transparent: half-way to white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    out = read_image(tmp_path / "rgba.png", 4, "none")
+    assert out[0, 0].tolist() == [255, 255, 255] and out[1, 1].tolist() == [10, 20, 30]
+    assert np.allclose(out[0, 1], [227, 177, 127], atol=2), out[0, 1]
+
+    Image.fromarray(np.array([[0, 257 * 100], [65535, 257 * 255]], np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # a 16-bit grey PNG
+    assert read_image(tmp_path / "deep.png", 2, "none")[..., 0].tolist() == [[0, 100], [255, 255]]
+
+    Image.new("LA", (2, 2), (90, 0)).save(tmp_path / "la.png")  # grey, fully transparent
+    assert read_image(tmp_path / "la.png", 2, "none").tolist() == [[[255] * 3] * 2] * 2
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)
+    palette.save(tmp_path / "p.png", transparency=0)  # index 0 transparent; every pixel is index 1
+    assert read_image(tmp_path / "p.png", 2, "none")[0, 0].tolist() == [0, 128, 0]
+    Image.new("L", (2, 2), 77).save(tmp_path / "grey.png")
+    assert read_image(tmp_path / "grey.png", 2, "none")[0, 0].tolist() == [77, 77, 77]
+    Image.new("CMYK", (2, 2), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # no ink: white
+    assert near(read_image(tmp_path / "cmyk.jpg", 2, "none")[0, 0], (255, 255, 255), 2)
+
+    Image.new("F", (2, 2), 0.5).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match=r"float\.tif: 32-bit floating-point image \(mode F\): save it as 8- or 16"):
+        read_image(tmp_path / "float.tif", 2, "none")
 
 
 def test_folder_mismatched_sizes_names_the_file(tmp_path: Path) -> None:
@@ -182,10 +257,10 @@ def test_folder_mismatched_sizes_names_the_file(tmp_path: Path) -> None:
     write_image(root / "a" / "0.png", (12, 12))
     odd = write_image(root / "b" / "0.png", (14, 12))
     with pytest.raises(DataError) as info:
-        load_folder(str(root), image_size=12, resize=False)
+        load_folder(str(root), image_size=12, resize="none")
     message = str(info.value)
     assert message.startswith(f"{odd}: image size 14x12 differs from data.image_size = 12 (12x12)")
-    assert "data.resize=true" in message
+    assert "data.resize=crop" in message
 
 
 def test_folder_corrupt_image_names_the_file(tmp_path: Path) -> None:
@@ -193,7 +268,7 @@ def test_folder_corrupt_image_names_the_file(tmp_path: Path) -> None:
     bad = root / "b" / "broken.png"
     bad.write_bytes(b"this is not a png")
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}: unreadable or corrupt image"):
-        load_folder(str(root), image_size=12, resize=False)
+        load_folder(str(root), image_size=12, resize="none")
 
 
 def test_folder_truncated_image_names_the_file(tmp_path: Path) -> None:
@@ -203,7 +278,7 @@ def test_folder_truncated_image_names_the_file(tmp_path: Path) -> None:
     bad = root / "a" / "cut.png"
     bad.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}: unreadable or corrupt image"):
-        load_folder(str(root), image_size=12, resize=False)
+        load_folder(str(root), image_size=12, resize="none")
 
 
 def test_folder_empty_class(tmp_path: Path) -> None:
@@ -211,18 +286,18 @@ def test_folder_empty_class(tmp_path: Path) -> None:
     (root / "empty").mkdir()
     (root / "empty" / "readme.txt").write_text("no images here")
     with pytest.raises(DataError, match=rf"^{re.escape(str(root / 'empty'))}: class 'empty' has no images \(\.png"):
-        load_folder(str(root), image_size=12, resize=False)
+        load_folder(str(root), image_size=12, resize="none")
 
 
 def test_folder_missing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"image folder not found \(fix data\.path\)"):
-        load_folder(str(tmp_path / "nowhere"), image_size=12, resize=False)
+        load_folder(str(tmp_path / "nowhere"), image_size=12, resize="none")
 
 
 def test_folder_without_class_subfolders(tmp_path: Path) -> None:
     write_image(tmp_path / "flat.png")
     with pytest.raises(DataError, match=r"no class sub-folders"):
-        load_folder(str(tmp_path), image_size=12, resize=False)
+        load_folder(str(tmp_path), image_size=12, resize="none")
 
 
 # --- npz ----------------------------------------------------------------------------------------------------------
@@ -406,7 +481,7 @@ def test_validate_class_with_no_samples() -> None:
 
 def test_validate_wrong_image_size() -> None:
     with pytest.raises(
-        DataError, match=r"images are 16x16x3, expected 32x32x3 \(set data\.image_size, or data\.resize=true"
+        DataError, match=r"images are 16x16x3, expected 32x32x3 \(set data\.image_size, or data\.resize=crop"
     ):
         validate(dataset(np.zeros((4, 16, 16, 3), np.uint8), [0, 1, 0, 1]), 32, "here")
 
@@ -628,7 +703,7 @@ def test_a_folder_is_listed_without_decoding_and_every_file_read_is_checked(tmp_
     write_image(root / "b" / "0.png", (12, 12))
     broken = root / "b" / "1.png"
     broken.write_bytes(b"not a png")
-    source = open_folder(str(root), image_size=12, resize=False)  # listing only: no error yet
+    source = open_folder(str(root), image_size=12, resize="none")  # listing only: no error yet
     assert source.labels.tolist() == [0, 1, 1]
     assert source.read(np.array([1, 0])).shape == (2, 12, 12, 3)
     with pytest.raises(DataError, match=r"1\.png: unreadable or corrupt image"):
@@ -656,7 +731,7 @@ def test_ingest_streams_the_kept_rows_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
     np.savez(path, x=x, y=np.arange(40) % 2)
     data = DataParams(source="npz", path=str(path), rows=30, image_size=8, val_fraction=0.2, test_fraction=0.2,
-                      resize=False, train_per_class=None)  # fmt: skip
+                      resize="none", train_per_class=None)  # fmt: skip
     raw = ingest(data, seed=1)
     chunks = list(raw.chunks(7))
     assert [len(c) for c in chunks] == [7, 7, 7, 7, 2]

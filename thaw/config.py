@@ -20,6 +20,7 @@ import yaml
 from thaw.errors import ConfigError
 
 DATA_SOURCES = ("digits", "cifar10", "folder", "npz")
+RESIZE_MODES = ("crop", "pad", "squash", "none")  # how a folder's images reach data.image_size (datasources)
 BASE_KINDS = ("glyphs", "random", "file", "keras_app")
 STRATEGIES = ("default", "mirrored")
 
@@ -45,7 +46,7 @@ class DataParams:
     image_size: int
     val_fraction: float
     test_fraction: float
-    resize: bool
+    resize: str  # one of RESIZE_MODES
     train_per_class: int | None  # labelled training rows per class; the rest of train is unlabelled
 
     def __post_init__(self) -> None:
@@ -55,6 +56,8 @@ class DataParams:
         if self.rows is not None:
             _require(self.rows >= 10, "data.rows", self.rows, "an integer >= 10, or null for all rows")
         _require(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _require(self.resize in RESIZE_MODES, "data.resize", self.resize,
+                 f"one of {list(RESIZE_MODES)} (true and false were the names of squash and none before)")  # fmt: skip
         if self.train_per_class is not None:
             _require(self.train_per_class >= 1, "data.train_per_class", self.train_per_class,
                      "an integer >= 1, or null for every training row")  # fmt: skip

@@ -138,10 +138,10 @@ def materialize(source: ImageSource) -> ImageDataset:
     return ImageDataset(source.read(np.arange(len(source.labels))), source.labels, source.class_names)
 
 
-def open_folder(path: str, image_size: int, resize: bool) -> ImageSource:
+def open_folder(path: str, image_size: int, resize: str) -> ImageSource:
     """An image folder with one sub-folder per class (sorted names are the class order). Listing it reads no
-    image; `read` decodes the files asked for, each checked: readable, and image_size x image_size (or
-    resized to it with `resize`)."""
+    image; `read` decodes the files asked for (`read_image`), each checked: readable, and brought to
+    image_size x image_size as `resize` says."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (fix data.path)")
@@ -166,24 +166,59 @@ def open_folder(path: str, image_size: int, resize: bool) -> ImageSource:
     return ImageSource(np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs), read, str(root))
 
 
-def read_image(file: Path, image_size: int, resize: bool) -> np.ndarray:
-    """One image file as uint8 H x W x 3, checked."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(file: Path, image_size: int, resize: str) -> np.ndarray:
+    """One image file as uint8 image_size x image_size x 3: turned upright as its EXIF orientation says (phone
+    photos are stored sideways with a tag), converted to RGB (`to_rgb`), then sized by `resize` (Pillow's
+    ImageOps, bilinear): `crop` scales the short side to image_size and keeps the centre square, `pad` scales
+    the long side to it and fills the rest with black, `squash` scales each side to it (the aspect ratio is
+    lost), `none` refuses an image of another size."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(file) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = to_rgb(ImageOps.exif_transpose(img), file)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{file}: unreadable or corrupt image ({exc})") from None
-    if resize:
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    elif rgb.size != (image_size, image_size):
+    size = (image_size, image_size)
+    if resize == "crop":
+        rgb = ImageOps.fit(rgb, size, method=Image.Resampling.BILINEAR)
+    elif resize == "pad":
+        rgb = ImageOps.pad(rgb, size, method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+    elif resize == "squash":
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    elif rgb.size != size:
         raise DataError(
             f"{file}: image size {rgb.size[0]}x{rgb.size[1]} differs from data.image_size = {image_size} "
-            f"({image_size}x{image_size}); set data.image_size, or data.resize=true to resize every image"
+            f"({image_size}x{image_size}); set data.image_size, or data.resize=crop (or pad, squash) to size "
+            "every image"
         )
     return np.asarray(rgb, dtype=np.uint8)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": how Pillow opens some 16-bit PNGs
+
+
+def to_rgb(img: Any, file: Path) -> Any:
+    """Any Pillow image as 8-bit RGB. The rules: a transparent pixel (RGBA, LA, PA, or a palette or grey image
+    with a transparency key) is composited over white; a 16-bit grey image is scaled from 0-65535 to 0-255
+    (an "I" image is read as 16-bit, values clipped to that range); grey, palette, CMYK and YCbCr images go
+    through Pillow's own conversion (CMYK without its ICC profile); floating-point images are refused."""
+    from PIL import Image
+
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        return Image.fromarray(np.round(wide / 257).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        raise DataError(f"{file}: 32-bit floating-point image (mode F): save it as 8- or 16-bit integers")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise DataError(f"{file}: image mode {img.mode} cannot be converted to RGB ({exc})") from None
 
 
 def _npz_member(file: Path, name: str) -> Callable[[], np.ndarray] | None:
@@ -266,7 +301,7 @@ def open_npz(path: str) -> ImageSource:
     return ImageSource(y.astype(np.int64), class_names, read, str(file))
 
 
-def open_source(source: str, path: str | None, image_size: int, resize: bool) -> ImageSource:
+def open_source(source: str, path: str | None, image_size: int, resize: str) -> ImageSource:
     """Dispatch on `data.source`."""
     if source == "digits":
         return in_memory(load_digits(image_size), "digits")
@@ -286,7 +321,7 @@ def validate_images(x: np.ndarray, image_size: int, where: str) -> None:
     if x.shape[1:] != (image_size, image_size, 3):
         raise DataError(
             f"{where}: images are {'x'.join(map(str, x.shape[1:]))}, expected {image_size}x{image_size}x3 "
-            "(set data.image_size, or data.resize=true for a folder)"
+            "(set data.image_size, or data.resize=crop for a folder)"
         )
 
 

@@ -7,8 +7,8 @@ and every class's probability).
 
 The input is an image folder (files in it, or in class sub-folders: the folder's name is then listed, not
 used) or an `.npz` with `x`; the images go through the pipeline's own checks and normalization, at the
-model's input size (`--resize` to resize other sizes). Bad input is refused as `ingest` refuses it: one line
-naming the file and the fix, exit status 2, and no CSV written.
+model's input size (`--resize crop|pad|squash` to size other sizes, as `data.resize` does). Bad input is
+refused as `ingest` refuses it: one line naming the file and the fix, exit status 2, and no CSV written.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from thaw import artifacts, datasources, store
+from thaw.config import RESIZE_MODES
 from thaw.errors import USER_ERRORS, DataError
 
 log = logging.getLogger("thaw.predict")
@@ -62,7 +63,7 @@ class Model:
         self.probabilities = lambda images: loaded.predict(images).to_numpy()
 
 
-def open_input(path: Path, image_size: int, resize: bool) -> tuple[datasources.ImageSource, list[str]]:
+def open_input(path: Path, image_size: int, resize: str) -> tuple[datasources.ImageSource, list[str]]:
     """The images to classify, and a name per row (a file's path relative to the input, or the row number)."""
     if path.suffix == ".npz":
         source = datasources.open_npz(str(path))
@@ -98,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--input", required=True, type=Path, help="an image folder or an .npz with x")
     parser.add_argument("--out", required=True, type=Path, help="the CSV to write")
-    parser.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    parser.add_argument("--resize", nargs="?", const="crop", default="none", choices=RESIZE_MODES,
+                        help="bring images of another size to the model's input size as data.resize does: crop "
+                             "(given alone), pad or squash; use the mode the model was trained with")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
