@@ -90,6 +90,35 @@ def test_fit_defaults_to_epoch_one():
     assert [(row["epoch"], row["phase"]) for row in rows] == [(1, "head"), (2, "head")]
 
 
+def _train_logging(every_s: float) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    training.make_deterministic(11)
+    head = model.build_head((4, 4, 8), CLASSES, units=8, dropout=0.3)
+    model.compile_classifier(head, 0.01)
+    history = training.fit(head, _features(40, 0), _features(12, 1), 2, 8, seed=11, phase="head",
+                           progress_every_s=every_s)  # fmt: skip
+    return history, head.get_weights()
+
+
+def test_a_long_epoch_logs_its_progress_and_the_numbers_stay_the_same(seed_11_run, caplog):
+    with caplog.at_level("INFO", logger="thaw.training"):
+        history, weights = _train_logging(every_s=0.0)  # a line after every batch but the last
+    lines = [r.getMessage() for r in caplog.records if ": batch " in r.getMessage()]
+    assert lines[0].startswith("head epoch 1/2: batch 1/5 ") and lines[4].startswith("head epoch 2/2: batch 1/5 ")
+    assert [line.split(" ")[4] for line in lines] == ["1/5", "2/5", "3/5", "4/5"] * 2, lines
+    assert all(" loss=" in line and " accuracy=" in line for line in lines)
+    history_a, weights_a = seed_11_run  # the default interval: no line within these short epochs
+    assert history == history_a
+    assert all(np.array_equal(a, b) for a, b in zip(weights, weights_a, strict=True))
+
+
+def test_on_a_terminal_the_progress_is_keras_progress_bar(capsys):
+    progress = training.EpochProgress("head epoch 1/1", batches=3, bar=True)
+    for batch in range(3):
+        progress.on_train_batch_end(batch, {"loss": 1.0 / (batch + 1), "accuracy": 0.5})
+    out = capsys.readouterr().out
+    assert "3/3" in out and "loss: 0.3333" in out and "accuracy: 0.5000" in out, out
+
+
 def test_dataset_batches_every_row_in_order_and_epoch_order_is_reproducible():
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     y = np.arange(10)

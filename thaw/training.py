@@ -6,7 +6,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import shutil
+import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,32 @@ from thaw.config import RuntimeParams
 from thaw.shards import chunk_rows, prediction_batch
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 10.0  # a long epoch's log line interval when stderr is not a terminal (dvc repro's log)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Progress within one epoch: Keras' progress bar on a terminal, else a log line every `every_s` seconds
+    (a 20,000-photo epoch on a CPU is minutes). It only reads the running loss and accuracy Keras passes to
+    its hooks, so the numbers are the same with or without it. With `steps_per_execution` > 1 Keras calls
+    the hook once per execution, so the bar moves that many batches at a time."""
+
+    def __init__(self, label: str, batches: int, every_s: float = PROGRESS_EVERY_S, bar: bool = False) -> None:
+        super().__init__()
+        self.label, self.batches, self.every_s = label, batches, every_s
+        self.bar = keras.utils.Progbar(batches, stateful_metrics=["loss", "accuracy"]) if bar else None
+        self.started = self.last = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        values = [(key, float(logs[key])) for key in ("loss", "accuracy") if logs and key in logs]
+        if self.bar is not None:
+            self.bar.update(batch + 1, values)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s and batch + 1 < self.batches:
+            self.last = now
+            log.info("%s: batch %d/%d %s (%.0f s)", self.label, batch + 1, self.batches,
+                     " ".join(f"{key}={value:.4f}" for key, value in values), now - self.started)  # fmt: skip
 
 
 def make_deterministic(seed: int) -> None:
@@ -213,10 +242,11 @@ def fit(
     phase: str,
     first_epoch: int = 1,
     checkpoint: Checkpoint | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> list[dict[str, Any]]:
     """Train a compiled model one epoch at a time on (x, y) pairs (x an ndarray, a ShardedArray or a RowView);
     return one row per epoch numbered from `first_epoch`, tagged with `phase`. With a checkpoint, finished
-    epochs are saved and a rerun resumes after them."""
+    epochs are saved and a rerun resumes after them. Within an epoch, `EpochProgress` shows it moving."""
     history = checkpoint.restore(model) if checkpoint else []
     if history:
         log.info("%s: resuming after epoch %d of %d (%s)", phase, len(history), epochs, checkpoint.directory)
@@ -225,7 +255,10 @@ def fit(
     for i in range(len(history), epochs):
         reseed_layers(model, seed, i)
         batches = dataset(x, y, batch_size, order=epoch_order(len(x), seed, i))
-        result = model.fit(batches, validation_data=validation, epochs=1, shuffle=False, verbose=0)
+        progress = EpochProgress(f"{phase} epoch {i + 1}/{epochs}", math.ceil(len(x) / batch_size),
+                                 every_s=progress_every_s, bar=sys.stdout.isatty())  # fmt: skip
+        result = model.fit(batches, validation_data=validation, epochs=1, shuffle=False, verbose=0,
+                           callbacks=[progress])  # fmt: skip
         row: dict[str, Any] = {"epoch": first_epoch + i, "phase": phase}
         row.update({key: round(float(result.history[key][0]), 6) for key in HISTORY_KEYS})
         history.append(row)
