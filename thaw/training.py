@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -26,14 +25,16 @@ from thaw.shards import chunk_rows, prediction_batch
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 10.0  # a long epoch's log line interval when stderr is not a terminal (dvc repro's log)
+PROGRESS_EVERY_S = 10.0  # a long epoch's log line interval when stdout is not a terminal (dvc repro's log)
 
 
 class EpochProgress(keras.callbacks.Callback):
     """Progress within one epoch: Keras' progress bar on a terminal, else a log line every `every_s` seconds
     (a 20,000-photo epoch on a CPU is minutes). It only reads the running loss and accuracy Keras passes to
     its hooks, so the numbers are the same with or without it. With `steps_per_execution` > 1 Keras calls
-    the hook once per execution, so the bar moves that many batches at a time."""
+    the hook once per execution, so the bar moves that many batches at a time. Written here because Keras'
+    own `verbose=1` would print "Epoch 1/1" and its own epoch summary beside the stage's line (`fit` runs one
+    epoch per call) and has no timed-line mode for a log; its `Progbar` draws the bar."""
 
     def __init__(self, label: str, batches: int, every_s: float = PROGRESS_EVERY_S, bar: bool = False) -> None:
         super().__init__()
@@ -255,7 +256,7 @@ def fit(
     for i in range(len(history), epochs):
         reseed_layers(model, seed, i)
         batches = dataset(x, y, batch_size, order=epoch_order(len(x), seed, i))
-        progress = EpochProgress(f"{phase} epoch {i + 1}/{epochs}", math.ceil(len(x) / batch_size),
+        progress = EpochProgress(f"{phase} epoch {i + 1}/{epochs}", int(batches.cardinality()),
                                  every_s=progress_every_s, bar=sys.stdout.isatty())  # fmt: skip
         result = model.fit(batches, validation_data=validation, epochs=1, shuffle=False, verbose=0,
                            callbacks=[progress])  # fmt: skip
